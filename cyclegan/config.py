@@ -1,0 +1,187 @@
+"""One flat, typed config; files in configs/ and command-line flags override its defaults.
+
+The defaults are the reference recipe (shared/REFERENCE.md). Resolution order, later wins:
+dataclass defaults < configs/<name>.py < the config saved in a resumed workdir < explicit flags.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+SYNTHETIC = "synthetic"
+# Fields that fix the shape of the checkpoint or the data; a resumed run may not change them.
+ARCHITECTURE_FIELDS = ("ngf", "ndf", "n_blocks", "n_layers_d", "dataset", "batch_size", "seed")
+
+
+class ConfigError(ValueError):
+  """A config or flag value that cannot work; the message says what to change."""
+
+
+def _field(default, help_text, choices=None):
+  return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  name: str = _field("run", "Run name: names the default workdir and export folder.")
+  dataset: str = _field(
+      SYNTHETIC, "'synthetic' (built-in, no files), a TFDS cycle_gan config name such as "
+      "'monet2photo', or a folder with trainA/ and trainB/.")
+  tfds_data_dir: str = _field("", "TFDS data_dir (default: TFDS's own, ~/tensorflow_datasets).")
+  # Preprocessing, as the reference's options.
+  preprocess: str = _field("resize_and_crop", "Training-image preprocessing.",
+                           ("resize_and_crop", "crop", "scale_width", "none"))
+  load_size: int = _field(286, "Resize to this size before cropping.")
+  crop_size: int = _field(256, "Random-crop size for training.")
+  flip: bool = _field(True, "Random horizontal flips in training.")
+  # Models.
+  ngf: int = _field(64, "Generator filters in the first layer.")
+  ndf: int = _field(64, "Discriminator filters in the first layer.")
+  n_blocks: int = _field(9, "Residual blocks in each generator (9 for 256 px, 6 for 128 px).")
+  n_layers_d: int = _field(3, "PatchGAN conv layers (3 = 70x70 patches).")
+  # Losses.
+  gan_mode: str = _field("lsgan", "Adversarial loss.", ("lsgan", "vanilla"))
+  lambda_a: float = _field(10.0, "Weight of the A->B->A cycle loss.")
+  lambda_b: float = _field(10.0, "Weight of the B->A->B cycle loss.")
+  lambda_identity: float = _field(
+      0.5, "Identity loss weight, as a fraction of lambda_a/lambda_b; 0 turns it off.")
+  pool_size: int = _field(50, "Fake-image pool per discriminator; 0 turns it off.")
+  # Optimisation.
+  lr: float = _field(2e-4, "Initial Adam learning rate for both optimizers.")
+  beta1: float = _field(0.5, "Adam beta1.")
+  beta2: float = _field(0.999, "Adam beta2.")
+  adam_epsilon: float = _field(1e-8, "Adam epsilon (PyTorch's default, not Keras's 1e-7).")
+  epochs: int = _field(100, "Epochs at the initial learning rate.")
+  epochs_decay: int = _field(100, "Epochs of linear decay to zero after that.")
+  batch_size: int = _field(1, "Global batch size, split across replicas.")
+  seed: int = _field(0, "Seed of all randomness: data order, crops, flips, init, image pool.")
+  # Runtime.
+  strategy: str = _field("auto", "tf.distribute strategy; auto = mirrored with >1 GPU, else default.",
+                         ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu"))
+  tpu: str = _field("", "TPU address for --strategy tpu (empty: the local TPU).")
+  precision: str = _field("fp32", "Compute precision (weights stay float32).",
+                          ("fp32", "bf16", "fp16"))
+  jit_compile: bool = _field(False, "Compile the train step with XLA.")
+  max_steps: int = _field(0, "Stop after this many steps in total (0: the full schedule).")
+  checkpoint_every: int = _field(1000, "Save a checkpoint every this many steps.")
+  keep_checkpoints: int = _field(3, "Checkpoints to keep.")
+  log_every: int = _field(50, "Log losses, images/s and ETA every this many steps.")
+  image_every: int = _field(1000, "Write TensorBoard image grids every this many steps.")
+  workdir: str = _field("", "Checkpoints, logs and config (default: workdirs/<name>).")
+  export_dir: str = _field("", "Where SavedModels go (default: saved_models/<name>).")
+  export: bool = _field(True, "Export SavedModels when training ends.")
+  # The built-in synthetic dataset.
+  synthetic_size: int = _field(72, "Side of the built-in dataset's images.")
+  synthetic_train: int = _field(256, "Training images per domain in the built-in dataset.")
+  synthetic_test: int = _field(64, "Held-out paired test images in the built-in dataset.")
+
+  @property
+  def resolved_workdir(self):
+    return self.workdir or os.path.join("workdirs", self.name)
+
+  @property
+  def resolved_export_dir(self):
+    return self.export_dir or os.path.join("saved_models", self.name)
+
+  def replace(self, **changes):
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self):
+    return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def named_configs():
+  return sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def load_config_file(name_or_path):
+  """Overrides from configs/<name>.py (or a path to such a file): its get_config() dict."""
+  path = pathlib.Path(name_or_path)
+  if path.suffix != ".py":
+    path = CONFIGS_DIR / f"{name_or_path}.py"
+  if not path.is_file():
+    raise ConfigError(f"no config {name_or_path!r}: use a file path or one of {named_configs()}")
+  spec = importlib.util.spec_from_file_location(f"cyclegan_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def make_config(overrides):
+  """Builds a Config from a dict, checking names, types and choices."""
+  values = {}
+  for key, value in overrides.items():
+    if key not in FIELDS:
+      raise ConfigError(f"unknown config field {key!r}")
+    field = FIELDS[key]
+    kind = type(field.default)
+    if kind is float and isinstance(value, int):
+      value = float(value)
+    if not isinstance(value, kind):
+      raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}")
+    if field.metadata["choices"] and value not in field.metadata["choices"]:
+      raise ConfigError(f"{key} must be one of {field.metadata['choices']}, got {value!r}")
+    values[key] = value
+  config = Config(**values)
+  _validate(config)
+  return config
+
+
+def _validate(c):
+  positive = ("ngf", "ndf", "n_blocks", "n_layers_d", "batch_size", "crop_size", "load_size",
+              "checkpoint_every", "log_every", "image_every", "keep_checkpoints")
+  for key in positive:
+    if getattr(c, key) <= 0:
+      raise ConfigError(f"{key} must be positive, got {getattr(c, key)}")
+  if c.preprocess in ("resize_and_crop", "crop") and c.crop_size % 4:
+    raise ConfigError(f"crop_size must be a multiple of 4, got {c.crop_size}")
+  if c.preprocess == "resize_and_crop" and c.crop_size > c.load_size:
+    raise ConfigError(f"crop_size {c.crop_size} is larger than load_size {c.load_size}")
+  if c.epochs + c.epochs_decay <= 0:
+    raise ConfigError("epochs + epochs_decay must be positive")
+  if min(c.max_steps, c.pool_size, c.lambda_identity, c.lambda_a, c.lambda_b) < 0:
+    raise ConfigError("max_steps, pool_size and the lambdas must not be negative")
+
+
+def resolve(config_name, flag_overrides):
+  """Config from a named file (default: the dataset's own config if one exists) plus flags."""
+  if not config_name:
+    dataset = flag_overrides.get("dataset", SYNTHETIC)
+    config_name = dataset if dataset in named_configs() else None
+  base = load_config_file(config_name) if config_name else {
+      "name": _default_name(flag_overrides.get("dataset", SYNTHETIC))}
+  return make_config({**base, **flag_overrides})
+
+
+def _default_name(dataset):
+  return pathlib.Path(dataset.rstrip("/")).name or "run"
+
+
+def for_resume(config, flag_overrides, saved):
+  """The config a run in an existing workdir continues with: saved values, then explicit flags."""
+  saved_config = make_config(saved)
+  for key in ARCHITECTURE_FIELDS:
+    if key in flag_overrides and flag_overrides[key] != getattr(saved_config, key):
+      raise ConfigError(
+          f"workdir {config.resolved_workdir} was trained with {key}={getattr(saved_config, key)!r};"
+          f" use the same value or a new --workdir")
+  return make_config({**saved, **flag_overrides})
+
+
+def save(config, path):
+  """Atomic write, so a kill never leaves a half-written config."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def load_saved(path):
+  with open(path) as f:
+    return json.load(f)

@@ -1,0 +1,173 @@
+"""SavedModels for each direction, in TF Serving's `<base>/<version>/` layout.
+
+python -m cyclegan.export --workdir workdirs/synthetic --export_dir saved_models/synthetic
+
+Each export runs at any image size (reflect-padded to a multiple of 4, then cropped back) and has
+three signatures:
+  serving_default   image_bytes: string [None] (any encoded image) ->
+                    translated_bytes: string [None] (PNG), translated_size: int32 [None, 2] (h, w)
+  translate_uint8   images: uint8 [N, H, W, 3] -> images: uint8 [N, H, W, 3]
+  translate_float   images: float32 [N, H, W, 3] in [-1, 1] -> images: float32 in [-1, 1]
+The generator's variables are tracked directly, not through the Keras model, so that the
+C++ loader (TF Serving, saved_model_cli) finds them and each weight is stored once.
+"""
+
+import os
+import sys
+
+import keras
+import tensorflow as tf
+from absl import app, flags, logging
+
+from cyclegan import config as config_lib
+from cyclegan import distribute
+from cyclegan import models
+
+DIRECTIONS = {"a2b": "generator_a2b", "b2a": "generator_b2a"}
+MIN_SIDE = 8  # Smallest side the generator's innermost reflect padding accepts (2 after /4).
+
+
+def _reflect_indices(n, before, after):
+  """Indices of a reflect-padded axis of length n, for any pad amount (also larger than n)."""
+  positions = tf.range(-before, n + after)
+  period = tf.maximum(2 * (n - 1), 1)
+  folded = tf.math.floormod(positions, period)
+  return tf.where(folded >= n, period - folded, folded)
+
+
+def pad_to_multiple(images, multiple=4, min_side=MIN_SIDE):
+  """Reflect-pads [N, H, W, C] so both sides are multiples of `multiple` and >= min_side."""
+  shape = tf.shape(images)
+  padded = []
+  for axis, n in ((1, shape[1]), (2, shape[2])):
+    target = tf.maximum((n + multiple - 1) // multiple * multiple, min_side)
+    before = (target - n) // 2
+    padded.append((axis, _reflect_indices(n, before, target - n - before), before))
+  for axis, indices, _ in padded:
+    images = tf.gather(images, indices, axis=axis)
+  return images, padded[0][2], padded[1][2]
+
+
+class Translator(tf.Module):
+  """One direction's generator with serving signatures."""
+
+  def __init__(self, generator):
+    super().__init__(name="translator")
+    self.generator_variables = [w.value for w in generator.weights]
+
+    def translate(images):  # float32 [-1, 1], any size
+      shape = tf.shape(images)
+      padded, top, left = pad_to_multiple(images)
+      out = tf.cast(generator(padded, training=False), tf.float32)
+      return out[:, top:top + shape[1], left:left + shape[2], :]
+
+    def to_uint8(images):
+      return tf.cast(tf.clip_by_value(tf.round((images + 1.0) * 127.5), 0.0, 255.0), tf.uint8)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, "images")])
+    def translate_float(images):
+      return {"images": translate(images)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, "images")])
+    def translate_uint8(images):
+      return {"images": to_uint8(translate(tf.cast(images, tf.float32) / 127.5 - 1.0))}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, "image_bytes")])
+    def serve_bytes(image_bytes):
+      def one(encoded):
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        out = to_uint8(translate(tf.cast(image, tf.float32)[None] / 127.5 - 1.0))[0]
+        return tf.io.encode_png(out), tf.shape(out)[:2]
+      png, size = tf.map_fn(one, image_bytes, fn_output_signature=(
+          tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int32)))
+      return {"translated_bytes": png, "translated_size": size}
+
+    self.translate_float = translate_float
+    self.translate_uint8 = translate_uint8
+    self.serve_bytes = serve_bytes
+
+  def signatures(self):
+    return {"serving_default": self.serve_bytes, "translate_uint8": self.translate_uint8,
+            "translate_float": self.translate_float}
+
+
+def next_version(base):
+  versions = [int(d) for d in os.listdir(base) if d.isdigit()] if os.path.isdir(base) else []
+  return max(versions, default=0) + 1
+
+
+def save(generator, base, version=None):
+  """Writes base/<version>/ atomically (TF Serving ignores the non-numeric temp name)."""
+  version = version or next_version(base)
+  path = os.path.join(base, str(version))
+  if os.path.exists(path):
+    raise FileExistsError(f"{path} exists: pick another --version or remove it")
+  tmp = os.path.join(base, f".tmp-{version}")
+  translator = Translator(generator)
+  tf.saved_model.save(translator, tmp, signatures=translator.signatures())
+  os.replace(tmp, path)
+  return path
+
+
+def restore_generators(workdir):
+  """float32 generators with the latest checkpoint's weights; the training precision does not matter."""
+  saved = config_lib.load_saved(os.path.join(workdir, "config.json"))
+  config = config_lib.make_config(saved)
+  checkpoint_path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+  if not checkpoint_path:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
+  policy = keras.mixed_precision.global_policy()
+  distribute.set_precision("fp32")
+  try:
+    generators = {name: models.resnet_generator(config.ngf, config.n_blocks, name=name)
+                  for name in DIRECTIONS.values()}
+  finally:
+    keras.mixed_precision.set_global_policy(policy)
+  status = tf.train.Checkpoint(**generators).restore(checkpoint_path).expect_partial()
+  status.assert_existing_objects_matched()
+  return generators, checkpoint_path
+
+
+def export_from_workdir(workdir, export_dir, version=None):
+  """Exports a2b and b2a from the workdir's latest checkpoint; returns {direction: path}."""
+  generators, checkpoint_path = restore_generators(workdir)
+  paths = {d: save(generators[g], os.path.join(export_dir, d), version)
+           for d, g in DIRECTIONS.items()}
+  logging.info("exported %s to %s", checkpoint_path, ", ".join(paths.values()))
+  return paths
+
+
+def usage(paths):
+  """What to tell a person who just got these exports."""
+  a2b = paths["a2b"]
+  return "\n".join([
+      f"SavedModels: {paths['a2b']} (A->B) and {paths['b2a']} (B->A)",
+      f"  inspect:   saved_model_cli show --dir {a2b} --all",
+      f"  in Python: m = tf.saved_model.load('{a2b}'); "
+      "png = m.signatures['serving_default'](image_bytes=tf.constant([open('x.jpg','rb').read()]))"
+      "['translated_bytes'][0]",
+      f"  serve:     TF Serving with --model_base_path={os.path.abspath(os.path.dirname(a2b))}",
+  ])
+
+
+def main(argv):
+  del argv
+  flags_ = flags.FLAGS
+  try:
+    export_dir = flags_.export_dir or config_lib.make_config(config_lib.load_saved(
+        os.path.join(flags_.workdir, "config.json"))).resolved_export_dir
+    paths = export_from_workdir(flags_.workdir, export_dir, flags_.version)
+  except (OSError, config_lib.ConfigError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  print(usage(paths))
+
+
+if __name__ == "__main__":
+  # Flags live here, not at import, so that train (which imports this module) can own its names.
+  flags.DEFINE_string("workdir", None, "Training workdir with config.json and checkpoints/.",
+                      required=True)
+  flags.DEFINE_string("export_dir", None,
+                      "Where to write a2b/ and b2a/ (default: saved_models/<name>).")
+  flags.DEFINE_integer("version", None, "Version folder to write (default: the next free number).")
+  app.run(main)

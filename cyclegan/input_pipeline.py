@@ -1,0 +1,288 @@
+"""Unpaired training data from the built-in dataset, an image folder, or TFDS `cycle_gan`.
+
+Every domain is random-access (an index -> image function) and the order of the examples is a
+pure function of (seed, epoch), with augmentation keyed by the example's global index. So the
+stream from any step onwards can be rebuilt exactly, and resuming at step k needs no replay:
+the index stream is skipped before anything is read or decoded.
+"""
+
+import dataclasses
+import logging
+import os
+import socket
+import urllib.parse
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from cyclegan import synthetic
+from cyclegan.config import SYNTHETIC
+
+TRAIN_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SPLITS = ("trainA", "trainB", "testA", "testB")
+
+
+class DataError(ValueError):
+  """Data that cannot be used; the message says what is wrong and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+  """One split: `load(index)` gives a uint8 [H, W, 3] image, index in [0, size)."""
+  name: str
+  size: int
+  load: Callable[[tf.Tensor], tf.Tensor]
+
+
+def decode_rgb(encoded):
+  """Any supported format and mode (grey, RGBA, palette, 16-bit) -> uint8 RGB; alpha is dropped."""
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def _array_domain(name, images):
+  images = tf.constant(images)
+  return Domain(name, int(images.shape[0]), lambda i: tf.gather(images, i))
+
+
+def _encoded_domain(name, encoded):
+  encoded = tf.constant(encoded, dtype=tf.string)
+  return Domain(name, int(encoded.shape[0]), lambda i: decode_rgb(tf.gather(encoded, i)))
+
+
+def _file_domain(name, paths):
+  paths = tf.constant(paths, dtype=tf.string)
+  return Domain(name, int(paths.shape[0]),
+                lambda i: decode_rgb(tf.io.read_file(tf.gather(paths, i))))
+
+
+# --- Folders ---------------------------------------------------------------------------------
+
+def list_images(folder, extensions=TRAIN_EXTENSIONS):
+  """Image files under `folder`, recursively, sorted; hidden files and other types ignored."""
+  found = []
+  for root, dirs, files in os.walk(folder):
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    found += [os.path.join(root, f) for f in sorted(files)
+              if not f.startswith(".") and f.lower().endswith(extensions)]
+  return found
+
+
+def decodable(paths):
+  """The paths that decode; the others are logged once each. Decodes in parallel with tf.data."""
+  if not paths:
+    return []
+  ds = tf.data.Dataset.from_tensor_slices(paths).map(
+      lambda p: (p, tf.shape(decode_rgb(tf.io.read_file(p)))),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.ignore_errors()
+  good = {p.decode() for p, _ in ds.as_numpy_iterator()}
+  for path in paths:
+    if path not in good:
+      logging.warning("skipping %s: it is not a readable image", path)
+  return [p for p in paths if p in good]
+
+
+def _folder_domains(folder, splits):
+  domains = {}
+  for split in splits:
+    path = os.path.join(folder, split)
+    if not os.path.isdir(path):
+      if split.startswith("train"):
+        raise DataError(f"{folder} has no {split}/ folder: put the domain's training images in "
+                        f"{path}/ (and the other domain's in {split[:-1]}{'B' if split[-1] == 'A' else 'A'}/)")
+      continue
+    paths = decodable(list_images(path))
+    if not paths:
+      if split.startswith("train"):
+        raise DataError(f"{path} has no readable images ({', '.join(TRAIN_EXTENSIONS)})")
+      continue
+    domains[split] = _file_domain(split, paths)
+  return domains
+
+
+# --- TFDS ------------------------------------------------------------------------------------
+
+def tfds_configs():
+  import tensorflow_datasets as tfds
+  return sorted(tfds.builder_cls("cycle_gan").builder_configs)
+
+
+def reachable(url, timeout=5.0):
+  """Whether a TCP connection to the URL's host opens: TFDS would otherwise retry for minutes."""
+  parts = urllib.parse.urlsplit(url)
+  port = parts.port or (443 if parts.scheme == "https" else 80)
+  try:
+    socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def _prepare_tfds(builder):
+  if builder.is_prepared():
+    return
+  from tensorflow_datasets.image_classification import cycle_gan
+  url = cycle_gan._DL_URLS[builder.builder_config.name]  # pylint: disable=protected-access
+  if not reachable(url):
+    raise DataError(
+        f"TFDS cycle_gan/{builder.builder_config.name} is not in {builder.data_dir_root} and "
+        f"{urllib.parse.urlsplit(url).hostname} cannot be reached: connect to the internet once, "
+        f"copy a prepared TFDS data_dir here (--tfds_data_dir), or pass a folder with trainA/ trainB/")
+  logging.info("downloading and preparing TFDS cycle_gan/%s", builder.builder_config.name)
+  builder.download_and_prepare()
+
+
+def _tfds_domains(name, splits, data_dir):
+  import tensorflow_datasets as tfds
+  builder = tfds.builder(f"cycle_gan/{name}", data_dir=data_dir or None)
+  _prepare_tfds(builder)
+  domains = {}
+  for split in splits:
+    # Keep the encoded bytes (a few hundred MB at most for these sets) for random access.
+    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    encoded = [example["image"] for example in ds.as_numpy_iterator()]
+    if not encoded:
+      raise DataError(f"TFDS cycle_gan/{name} split {split} is empty")
+    domains[split] = _encoded_domain(split, encoded)
+  return domains
+
+
+# --- All sources -----------------------------------------------------------------------------
+
+def load_domains(config, splits=("trainA", "trainB")):
+  """The requested splits of `config.dataset`; train splits must exist, test splits may not."""
+  if config.dataset == SYNTHETIC:
+    arrays = synthetic.make_splits(config.synthetic_size, config.synthetic_train,
+                                   config.synthetic_test)
+    return {s: _array_domain(s, arrays[s]) for s in splits}
+  if os.path.isdir(config.dataset):
+    return _folder_domains(config.dataset, splits)
+  if os.sep in config.dataset or config.dataset.startswith("."):
+    raise DataError(f"dataset folder {config.dataset} does not exist")
+  if config.dataset not in tfds_configs():
+    raise DataError(f"--dataset {config.dataset!r} is neither a folder nor a TFDS cycle_gan config;"
+                    f" use 'synthetic', a folder with trainA/ trainB/, or one of {tfds_configs()}")
+  train = [s for s in splits if s.startswith("train")]
+  test = [s for s in splits if s.startswith("test")]
+  return _tfds_domains(config.dataset, train + test, config.tfds_data_dir)
+
+
+# --- Preprocessing ---------------------------------------------------------------------------
+
+def _resize(image, height, width):
+  """Bicubic with antialiasing (as PIL, which the reference uses), clipped to the uint8 range."""
+  image = tf.image.resize(image, [height, width], method="bicubic", antialias=True)
+  return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def _round4(x):
+  return tf.maximum(4, tf.cast(tf.round(tf.cast(x, tf.float32) / 4.0), tf.int32) * 4)
+
+
+def fixed_size(config):
+  """Whether training images have one shape (needed for batches > 1 and the image pool)."""
+  return config.preprocess in ("resize_and_crop", "crop")
+
+
+def preprocess_train(image, config, seed):
+  """uint8 [H, W, 3] -> float32 in [-1, 1], as the reference's transforms; seed: int32 [2]."""
+  image = tf.cast(image, tf.float32)
+  crop = config.crop_size
+  if config.preprocess == "resize_and_crop":
+    image = _resize(image, config.load_size, config.load_size)
+  elif config.preprocess == "crop":
+    shape = tf.shape(image)
+    scale = tf.maximum(1.0, crop / tf.cast(tf.minimum(shape[0], shape[1]), tf.float32))
+    if scale > 1.0:  # Upscale just enough to crop: the reference would fail instead.
+      image = _resize(image, tf.cast(tf.math.ceil(tf.cast(shape[0], tf.float32) * scale), tf.int32),
+                      tf.cast(tf.math.ceil(tf.cast(shape[1], tf.float32) * scale), tf.int32))
+  elif config.preprocess == "scale_width":
+    shape = tf.shape(image)
+    height = tf.cast(shape[0], tf.float32) * config.load_size / tf.cast(shape[1], tf.float32)
+    image = _resize(image, _round4(height), _round4(config.load_size))
+  else:  # none: keep the size, rounded to a multiple of 4 as the generator needs.
+    shape = tf.shape(image)
+    image = _resize(image, _round4(shape[0]), _round4(shape[1]))
+  if fixed_size(config):
+    image = tf.image.stateless_random_crop(image, [crop, crop, 3], seed=seed)
+  if config.flip:
+    image = tf.image.stateless_random_flip_left_right(
+        image, seed=tf.random.experimental.stateless_fold_in(seed, 1))
+  return image / 127.5 - 1.0
+
+
+def preprocess_eval(image, config):
+  """Deterministic: resized to crop_size (square) for the fixed-size modes."""
+  image = tf.cast(image, tf.float32)
+  if fixed_size(config):
+    image = _resize(image, config.crop_size, config.crop_size)
+  else:
+    shape = tf.shape(image)
+    image = _resize(image, _round4(shape[0]), _round4(shape[1]))
+  return image / 127.5 - 1.0
+
+
+# --- The training stream ---------------------------------------------------------------------
+
+def steps_per_epoch(domains, global_batch):
+  """An epoch is max(|A|, |B|) examples, as in the reference."""
+  return max(1, max(domains["trainA"].size, domains["trainB"].size) // global_batch)
+
+
+def _epoch_order(n, length, seed):
+  """`length` indices into [0, n): back-to-back random permutations, so each image is seen evenly."""
+  rounds = -(-length // n)
+  keys = tf.random.stateless_uniform([rounds, n], seed)
+  return tf.reshape(tf.argsort(keys, axis=1), [-1])[:length]
+
+
+def example_indices(size_a, size_b, examples_per_epoch, seed, start_example):
+  """(example id, index into A, index into B), infinitely, from `start_example` on."""
+  def epoch(e):
+    base = tf.stack([tf.cast(seed, tf.int64), e])
+    order_a = _epoch_order(size_a, examples_per_epoch, tf.random.experimental.stateless_fold_in(base, 0))
+    order_b = _epoch_order(size_b, examples_per_epoch, tf.random.experimental.stateless_fold_in(base, 1))
+    ids = e * examples_per_epoch + tf.range(examples_per_epoch, dtype=tf.int64)
+    return tf.data.Dataset.from_tensor_slices((ids, order_a, order_b))
+  first_epoch = start_example // examples_per_epoch
+  ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
+  return ds.skip(start_example - first_epoch * examples_per_epoch)
+
+
+def train_dataset(config, domains, start_step=0, input_context=None):
+  """Per-replica batches {"a", "b"} for the steps from `start_step` on, for one input pipeline."""
+  global_batch = config.batch_size
+  examples_per_epoch = steps_per_epoch(domains, global_batch) * global_batch
+  ds = example_indices(domains["trainA"].size, domains["trainB"].size, examples_per_epoch,
+                       config.seed, start_step * global_batch)
+  per_replica_batch = global_batch
+  if input_context is not None:
+    ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    per_replica_batch = input_context.get_per_replica_batch_size(global_batch)
+
+  def load(example_id, index_a, index_b):
+    seed = tf.stack([tf.constant(config.seed, tf.int64), example_id])
+    seed_a = tf.random.experimental.stateless_fold_in(seed, 0)
+    seed_b = tf.random.experimental.stateless_fold_in(seed, 1)
+    return {"a": preprocess_train(domains["trainA"].load(index_a), config, seed_a),
+            "b": preprocess_train(domains["trainB"].load(index_b), config, seed_b)}
+
+  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(per_replica_batch, drop_remainder=True)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def sample_images(domain, config, count=4):
+  """The first `count` images of a domain, preprocessed for display, as one batch."""
+  count = min(count, domain.size)
+  images = [preprocess_eval(domain.load(tf.constant(i)), config) for i in range(count)]
+  if not fixed_size(config):
+    images = images[:1]  # Sizes differ: a batch of one.
+  return tf.stack(images)
+
+
+def to_uint8(images):
+  return np.clip(np.round((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)

@@ -1,0 +1,333 @@
+"""The CycleGAN train step, the training loop, checkpoints and summaries.
+
+One iteration is the reference's: both generators update with the discriminators frozen, then
+both discriminators update on real images and on fakes from the image pools. The step runs per
+replica under `strategy.run`; each loss is summed per example and divided by the global batch,
+so one device with batch 2 and two devices with batch 1 take the same step.
+"""
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from cyclegan import config as config_lib
+from cyclegan import distribute
+from cyclegan import export as export_lib
+from cyclegan import image_pool
+from cyclegan import input_pipeline
+from cyclegan import losses
+from cyclegan import models
+
+
+class TrainingError(RuntimeError):
+  """Training cannot go on; the message names the step and says what to do."""
+
+
+@keras.saving.register_keras_serializable(package="cyclegan")
+class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+  """The reference's `linear` policy: constant for `epochs`, then linearly to lr/(decay+1)."""
+
+  def __init__(self, lr, steps_per_epoch, epochs, epochs_decay):
+    self.lr, self.steps_per_epoch = lr, steps_per_epoch
+    self.epochs, self.epochs_decay = epochs, epochs_decay
+
+  def __call__(self, step):
+    epoch = tf.cast(step // self.steps_per_epoch, tf.float32)
+    past = tf.maximum(0.0, epoch + 1.0 - self.epochs)
+    return self.lr * (1.0 - past / (self.epochs_decay + 1.0))
+
+  def get_config(self):
+    return dict(lr=self.lr, steps_per_epoch=self.steps_per_epoch, epochs=self.epochs,
+                epochs_decay=self.epochs_decay)
+
+
+@dataclasses.dataclass
+class TrainState:
+  """Everything a checkpoint holds."""
+  models: dict
+  optimizer_g: keras.optimizers.Optimizer
+  optimizer_d: keras.optimizers.Optimizer
+  pool_a: image_pool.ImagePool
+  pool_b: image_pool.ImagePool
+  step: tf.Variable
+
+  def checkpoint(self):
+    return tf.train.Checkpoint(**self.models, optimizer_g=self.optimizer_g,
+                               optimizer_d=self.optimizer_d, pool_a=self.pool_a,
+                               pool_b=self.pool_b, step=self.step)
+
+  @property
+  def generator_variables(self):
+    return (self.models["generator_a2b"].trainable_variables +
+            self.models["generator_b2a"].trainable_variables)
+
+  @property
+  def discriminator_variables(self):
+    return (self.models["discriminator_a"].trainable_variables +
+            self.models["discriminator_b"].trainable_variables)
+
+
+def _optimizer(config, steps_per_epoch):
+  schedule = LinearDecay(config.lr, steps_per_epoch, config.epochs, config.epochs_decay)
+  optimizer = keras.optimizers.Adam(schedule, beta_1=config.beta1, beta_2=config.beta2,
+                                    epsilon=config.adam_epsilon)
+  if config.precision == "fp16":
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
+
+
+def create_state(config, steps_per_epoch, pool_shape):
+  """Builds models, optimizers and pools; call inside the strategy's scope.
+
+  pool_shape: the training images' [H, W, 3], or None when sizes vary (pools are then off).
+  """
+  keras.utils.set_random_seed(config.seed)
+  state = TrainState(
+      models=models.build_models(config),
+      optimizer_g=_optimizer(config, steps_per_epoch),
+      optimizer_d=_optimizer(config, steps_per_epoch),
+      pool_a=image_pool.ImagePool(config.pool_size if pool_shape else 0, pool_shape or [1, 1, 3],
+                                  name="pool_a"),
+      pool_b=image_pool.ImagePool(config.pool_size if pool_shape else 0, pool_shape or [1, 1, 3],
+                                  name="pool_b"),
+      step=tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
+                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA))
+  # Slots exist before a restore, so that restoring is complete and checkable.
+  state.optimizer_g.build(state.generator_variables)
+  state.optimizer_d.build(state.discriminator_variables)
+  return state
+
+
+def generator_losses(config, state, real_a, real_b):
+  """Generator-side forward pass; returns per-example losses and the fakes."""
+  g = state.models
+  fake_b = g["generator_a2b"](real_a, training=True)
+  rec_a = g["generator_b2a"](fake_b, training=True)
+  fake_a = g["generator_b2a"](real_b, training=True)
+  rec_b = g["generator_a2b"](fake_a, training=True)
+  terms = {
+      "g_adv_a2b": losses.adversarial_loss(g["discriminator_b"](fake_b), True, config.gan_mode),
+      "g_adv_b2a": losses.adversarial_loss(g["discriminator_a"](fake_a), True, config.gan_mode),
+      "cycle_a": config.lambda_a * losses.l1_loss(rec_a, real_a),
+      "cycle_b": config.lambda_b * losses.l1_loss(rec_b, real_b),
+  }
+  if config.lambda_identity > 0:
+    terms["identity_a"] = config.lambda_b * config.lambda_identity * losses.l1_loss(
+        g["generator_a2b"](real_b, training=True), real_b)
+    terms["identity_b"] = config.lambda_a * config.lambda_identity * losses.l1_loss(
+        g["generator_b2a"](real_a, training=True), real_a)
+  return terms, fake_a, fake_b
+
+
+def _apply(optimizer, tape, loss, variables):
+  if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+    grads = tape.gradient(optimizer.scale_loss(loss), variables)
+  else:
+    grads = tape.gradient(loss, variables)
+  optimizer.apply(grads, variables)
+
+
+def make_train_step(config, state, strategy):
+  """A tf.function taking one distributed batch; returns the global mean of each loss."""
+  global_batch = config.batch_size
+
+  def average(per_example):
+    return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+
+  def replica_step(batch, step):
+    real_a, real_b = batch["a"], batch["b"]
+    with tf.GradientTape() as tape:
+      terms, fake_a, fake_b = generator_losses(config, state, real_a, real_b)
+      g_loss = average(tf.add_n(list(terms.values())))
+    _apply(state.optimizer_g, tape, g_loss, state.generator_variables)
+
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    seed = tf.random.experimental.stateless_fold_in(
+        tf.stack([tf.constant(config.seed, tf.int64), step]), replica)
+    pooled_b = state.pool_b.query(fake_b, tf.random.experimental.stateless_fold_in(seed, 0))
+    pooled_a = state.pool_a.query(fake_a, tf.random.experimental.stateless_fold_in(seed, 1))
+    d = state.models
+    with tf.GradientTape() as tape:
+      d_terms = {
+          "d_a": losses.discriminator_loss(d["discriminator_a"](real_a),
+                                           d["discriminator_a"](tf.stop_gradient(pooled_a)),
+                                           config.gan_mode),
+          "d_b": losses.discriminator_loss(d["discriminator_b"](real_b),
+                                           d["discriminator_b"](tf.stop_gradient(pooled_b)),
+                                           config.gan_mode),
+      }
+      d_loss = average(d_terms["d_a"] + d_terms["d_b"])
+    _apply(state.optimizer_d, tape, d_loss, state.discriminator_variables)
+    out = {k: average(v) for k, v in {**terms, **d_terms}.items()}
+    out["g_total"], out["d_total"] = g_loss, d_loss
+    return out
+
+  @tf.function(jit_compile=config.jit_compile or None)
+  def replica_fn(batch, step):
+    return replica_step(batch, step)
+
+  @tf.function
+  def train_step(batch):
+    per_replica = strategy.run(replica_fn, args=(batch, state.step.read_value()))
+    state.step.assign_add(1)
+    return {k: strategy.reduce("SUM", v, axis=None) for k, v in per_replica.items()}
+
+  return train_step
+
+
+def total_steps(config, steps_per_epoch):
+  schedule = (config.epochs + config.epochs_decay) * steps_per_epoch
+  return min(config.max_steps, schedule) if config.max_steps else schedule
+
+
+def _format_duration(seconds):
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+      f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class _Summaries:
+  """TensorBoard scalars and the A, A->B, A->B->A / B, B->A, B->A->B grids."""
+
+  def __init__(self, config, state, domains, logdir):
+    self.writer = tf.summary.create_file_writer(logdir) if logdir else tf.summary.create_noop_writer()
+    test_a = domains.get("testA", domains["trainA"])
+    test_b = domains.get("testB", domains["trainB"])
+    self.samples_a = input_pipeline.sample_images(test_a, config)
+    self.samples_b = input_pipeline.sample_images(test_b, config)
+    g_a2b, g_b2a = state.models["generator_a2b"], state.models["generator_b2a"]
+
+    @tf.function
+    def translate(a, b):
+      fake_b, fake_a = g_a2b(a), g_b2a(b)
+      return fake_b, g_b2a(fake_b), fake_a, g_a2b(fake_a)
+    self.translate = translate
+
+  def scalars(self, step, values, lr):
+    with self.writer.as_default(step=step):
+      for name, value in values.items():
+        tf.summary.scalar(f"loss/{name}", value)
+      tf.summary.scalar("learning_rate", lr)
+
+  def images(self, step):
+    fake_b, rec_a, fake_a, rec_b = self.translate(self.samples_a, self.samples_b)
+    as_rows = lambda *xs: tf.concat([tf.concat(tf.unstack(tf.cast(x, tf.float32)), 1) for x in xs], 0)
+    with self.writer.as_default(step=step):
+      tf.summary.image("a_to_b", (as_rows(self.samples_a, fake_b, rec_a)[None] + 1) / 2, step=step)
+      tf.summary.image("b_to_a", (as_rows(self.samples_b, fake_a, rec_b)[None] + 1) / 2, step=step)
+
+  def flush(self):
+    self.writer.flush()
+
+
+def _checkpoint_dir(workdir, chief):
+  """Non-chief workers must save too (collectives), but into a throwaway folder."""
+  return os.path.join(workdir, "checkpoints") if chief else tempfile.mkdtemp(prefix="cyclegan-")
+
+
+def train(config, strategy=None):
+  """Trains (or resumes) in config.workdir; exports when done. Returns the export paths."""
+  workdir = config.resolved_workdir
+  distribute.set_precision(config.precision)
+  strategy = strategy or distribute.make_strategy(config.strategy, config.tpu)
+  if config.batch_size % strategy.num_replicas_in_sync:
+    raise config_lib.ConfigError(
+        f"batch_size {config.batch_size} is not a multiple of the {strategy.num_replicas_in_sync} "
+        f"replicas; use --batch_size {strategy.num_replicas_in_sync}")
+  chief = distribute.is_chief(strategy)
+  domains = input_pipeline.load_domains(config, input_pipeline.SPLITS)
+  if not input_pipeline.fixed_size(config) and config.batch_size > 1:
+    raise config_lib.ConfigError(f"--preprocess {config.preprocess} gives images of different "
+                                 "sizes: use --batch_size 1 or --preprocess resize_and_crop")
+  per_epoch = input_pipeline.steps_per_epoch(domains, config.batch_size)
+  last_step = total_steps(config, per_epoch)
+  pool_shape = [config.crop_size, config.crop_size, 3] if input_pipeline.fixed_size(config) else None
+  if config.pool_size and not pool_shape:
+    logging.warning("image pool off: --preprocess %s gives images of different sizes",
+                    config.preprocess)
+
+  with strategy.scope():
+    state = create_state(config, per_epoch, pool_shape)
+  checkpoint = state.checkpoint()
+  os.makedirs(workdir, exist_ok=True)
+  checkpoint_dir = _checkpoint_dir(workdir, chief)
+  latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+  if latest:
+    checkpoint.restore(latest).assert_consumed()
+    logging.info("resumed from %s", latest)
+  manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, config.keep_checkpoints)
+  if chief:
+    config_lib.save(config, os.path.join(workdir, "config.json"))
+
+  start = int(state.step.numpy())
+  dataset = strategy.distribute_datasets_from_function(
+      lambda ctx: input_pipeline.train_dataset(config, domains, start, ctx))
+  train_step = make_train_step(config, state, strategy)
+  summaries = _Summaries(config, state, domains,
+                         os.path.join(workdir, "tensorboard") if chief else None)
+  logging.info("training %s: steps %d..%d, %d steps/epoch, %d replicas, %s",
+               config.name, start, last_step, per_epoch, strategy.num_replicas_in_sync,
+               config.precision)
+  try:
+    _loop(config, state, train_step, iter(dataset), manager, summaries, start, last_step, per_epoch)
+  finally:
+    summaries.flush()
+    if not chief:
+      shutil.rmtree(checkpoint_dir, ignore_errors=True)
+  if not (config.export and chief):
+    return None
+  return export_lib.export_from_workdir(workdir, config.resolved_export_dir)
+
+
+def _loop(config, state, train_step, iterator, manager, summaries, start, last_step, per_epoch):
+  timer_start, timer_steps, first_step_s = time.perf_counter(), 0, None
+  step = start
+  try:
+    while step < last_step:
+      values = {k: float(v) for k, v in train_step(next(iterator)).items()}
+      step += 1
+      bad = [k for k, v in values.items() if not np.isfinite(v)]
+      if bad:
+        raise TrainingError(
+            f"step {step}: loss {bad[0]} is {values[bad[0]]}; the last good checkpoint "
+            f"(step {_checkpoint_step(manager)}) is kept; try a lower --lr or --precision fp32")
+      if first_step_s is None:
+        first_step_s = time.perf_counter() - timer_start
+        logging.info("first step (tracing and graph optimisation): %.1f s", first_step_s)
+        timer_start, timer_steps = time.perf_counter(), 0
+      else:
+        timer_steps += 1
+      if step % config.log_every == 0 or step == last_step:
+        lr = float(state.optimizer_g.learning_rate)
+        summaries.scalars(step, values, lr)
+        _log_progress(config, step, last_step, per_epoch, values, lr,
+                      (time.perf_counter() - timer_start) / max(timer_steps, 1))
+      if step % config.image_every == 0 or step == last_step:
+        summaries.images(step)
+      if step % config.checkpoint_every == 0:
+        manager.save(checkpoint_number=step)
+  except KeyboardInterrupt:
+    step = int(state.step.numpy())
+    logging.warning("interrupted at step %d: saving a checkpoint", step)
+    manager.save(checkpoint_number=step)
+    raise
+  if _checkpoint_step(manager) != step:
+    manager.save(checkpoint_number=step)
+
+
+def _checkpoint_step(manager):
+  return int(manager.latest_checkpoint.rsplit("-", 1)[1]) if manager.latest_checkpoint else 0
+
+
+def _log_progress(config, step, last_step, per_epoch, values, lr, step_s):
+  main = " ".join(f"{k}={values[k]:.3f}" for k in ("g_total", "d_total", "cycle_a", "cycle_b"))
+  logging.info("step %d/%d epoch %d | %s | lr %.2e | %.2f img/s | ETA %s",
+               step, last_step, (step - 1) // per_epoch + 1, main, lr,
+               config.batch_size / step_s, _format_duration(step_s * (last_step - step)))
