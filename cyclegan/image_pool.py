@@ -47,4 +47,5 @@ class ImagePool(tf.Module):
     return outputs.stack()
 
   def _store(self, slot, image):
-    self.images.scatter_update(tf.IndexedSlices(image[None], slot[None]))
+    # Sync-on-read variables take whole assignments only (no scatter).
+    self.images.assign(tf.tensor_scatter_nd_update(self.images, slot[None, None], image[None]))

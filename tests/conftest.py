@@ -1,0 +1,37 @@
+"""Shared fixtures: two logical CPUs (for strategy tests) and tiny configs for behaviour tests."""
+
+import os
+import pathlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Must happen before TensorFlow initialises its devices, i.e. before any test runs an op.
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+
+from cyclegan import config as config_lib  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def tiny_config(tmp_path, **overrides):
+  """A model small enough that a step takes milliseconds, on the built-in dataset."""
+  values = dict(
+      name="tiny", dataset="synthetic", load_size=36, crop_size=32, ngf=4, ndf=4, n_blocks=1,
+      n_layers_d=2, pool_size=3, epochs=1, epochs_decay=1, synthetic_size=36, synthetic_train=8,
+      synthetic_test=4, strategy="default", log_every=1, image_every=2, checkpoint_every=2,
+      workdir=str(tmp_path / "workdir"), export_dir=str(tmp_path / "export"), export=False)
+  values.update(overrides)
+  return config_lib.make_config(values)
+
+
+@pytest.fixture
+def shared_data():
+  if not SHARED_DATA.is_dir():
+    pytest.skip("../shared/data is absent")
+  return SHARED_DATA

@@ -1,0 +1,147 @@
+"""Sources (built-in, folders, TFDS under mock_data), preprocessing and the resumable stream."""
+
+import logging
+import os
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from cyclegan import input_pipeline
+from conftest import tiny_config
+
+
+def _save(path, array, mode=None, fmt=None):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  image = Image.fromarray(array)
+  if mode:
+    image = image.convert(mode)
+  image.save(path, fmt)
+
+
+@pytest.fixture
+def awkward_folder(tmp_path):
+  """trainA with every mode and format, a corrupt file and a hidden one; trainB plain."""
+  rng = np.random.default_rng(0)
+  rgb = lambda h, w: rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+  root = tmp_path / "data"
+  _save(str(root / "trainA/rgb.jpg"), rgb(40, 30))
+  _save(str(root / "trainA/grey.png"), rgb(20, 50), "L")
+  _save(str(root / "trainA/rgba.png"), rgb(33, 33), "RGBA")
+  _save(str(root / "trainA/palette.png"), rgb(31, 45), "P")
+  _save(str(root / "trainA/nested/UPPER.JPEG"), rgb(50, 50))
+  _save(str(root / "trainA/image.bmp"), rgb(17, 19))
+  _save(str(root / "trainA/image.webp"), rgb(25, 64), fmt="WEBP")
+  (root / "trainA/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+  (root / "trainA/notes.txt").write_text("not an image")
+  (root / "trainA/.hidden.jpg").write_bytes(b"ignored")
+  for i in range(3):
+    _save(str(root / f"trainB/{i}.jpg"), rgb(64, 48))
+  return root
+
+
+def test_folder_skips_undecodable_files_with_one_warning_each(awkward_folder, tmp_path, caplog):
+  config = tiny_config(tmp_path, dataset=str(awkward_folder))
+  with caplog.at_level(logging.WARNING):
+    domains = input_pipeline.load_domains(config)
+  assert domains["trainA"].size == 7 and domains["trainB"].size == 3
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 1 and "broken.jpg" in warnings[0]
+  for i in range(7):  # Every mode comes out as RGB.
+    assert domains["trainA"].load(tf.constant(i)).shape[-1] == 3
+  batch = next(iter(input_pipeline.train_dataset(config, domains)))
+  assert batch["a"].shape == (1, 32, 32, 3) and batch["b"].shape == (1, 32, 32, 3)
+  assert -1.0 <= float(tf.reduce_min(batch["a"])) and float(tf.reduce_max(batch["a"])) <= 1.0
+
+
+def test_missing_or_empty_domain_is_a_clear_error(tmp_path):
+  root = tmp_path / "data"
+  _save(str(root / "trainA/a.png"), np.zeros((8, 8, 3), np.uint8))
+  with pytest.raises(input_pipeline.DataError, match="no trainB/ folder"):
+    input_pipeline.load_domains(tiny_config(tmp_path, dataset=str(root)))
+  os.makedirs(root / "trainB")
+  (root / "trainB/bad.jpg").write_bytes(b"nope")
+  with pytest.raises(input_pipeline.DataError, match="no readable images"):
+    input_pipeline.load_domains(tiny_config(tmp_path, dataset=str(root)))
+
+
+def test_unknown_dataset_name_lists_the_choices(tmp_path):
+  with pytest.raises(input_pipeline.DataError, match="monet2photo"):
+    input_pipeline.load_domains(tiny_config(tmp_path, dataset="monet3photo"))
+
+
+def test_stream_from_step_k_equals_the_full_stream_skipped(tmp_path):
+  config = tiny_config(tmp_path, batch_size=2, synthetic_train=6)
+  domains = input_pipeline.load_domains(config)
+  full = list(input_pipeline.train_dataset(config, domains).take(7).as_numpy_iterator())
+  resumed = list(input_pipeline.train_dataset(config, domains, start_step=4).take(3)
+                 .as_numpy_iterator())
+  for want, got in zip(full[4:], resumed):
+    np.testing.assert_array_equal(want["a"], got["a"])
+    np.testing.assert_array_equal(want["b"], got["b"])
+
+
+def test_each_epoch_visits_every_image_once_in_a_new_order():
+  ids = input_pipeline.example_indices(5, 3, 5, seed=0, start_example=0)
+  rows = np.array(list(ids.take(10).as_numpy_iterator()))
+  np.testing.assert_array_equal(rows[:, 0], np.arange(10))
+  assert sorted(rows[:5, 1]) == list(range(5)) and sorted(rows[5:, 1]) == list(range(5))
+  assert list(rows[:5, 1]) != list(rows[5:, 1])
+  assert set(rows[:, 2]) == {0, 1, 2}  # B: independent permutations of its own size.
+
+
+@pytest.mark.parametrize("mode,shape", [
+    ("resize_and_crop", (32, 32, 3)), ("crop", (32, 32, 3)),
+    ("scale_width", (48, 36, 3)), ("none", (60, 44, 3))])
+def test_preprocess_modes(tmp_path, mode, shape):
+  config = tiny_config(tmp_path, preprocess=mode)
+  image = tf.constant(np.random.default_rng(0).integers(0, 256, (61, 45, 3), dtype=np.uint8))
+  out = input_pipeline.preprocess_train(image, config, tf.constant([1, 2]))
+  assert tuple(out.shape) == shape
+
+
+def test_tfds_cycle_gan_builder_under_mock_data(tmp_path, monkeypatch):
+  monkeypatch.setattr(input_pipeline, "reachable", lambda url, timeout=5.0: True)
+  config = tiny_config(tmp_path, dataset="horse2zebra", tfds_data_dir=str(tmp_path / "tfds"))
+  with tfds.testing.mock_data(num_examples=3):
+    domains = input_pipeline.load_domains(config, input_pipeline.SPLITS)
+  assert sorted(domains) == sorted(input_pipeline.SPLITS)
+  assert all(d.size == 3 for d in domains.values())
+  batch = next(iter(input_pipeline.train_dataset(config, domains)))
+  assert batch["a"].shape == (1, 32, 32, 3)
+
+
+def test_tfds_offline_fails_fast_with_advice(tmp_path):
+  started = time.monotonic()
+  assert not input_pipeline.reachable("http://127.0.0.1:9/", timeout=2)  # discard port: closed
+  with pytest.raises(input_pipeline.DataError, match="trainA/ trainB/"):
+    with pytest.MonkeyPatch.context() as m:
+      m.setattr(input_pipeline, "reachable", lambda url, timeout=5.0: False)
+      input_pipeline.load_domains(
+          tiny_config(tmp_path, dataset="monet2photo", tfds_data_dir=str(tmp_path / "tfds")))
+  assert time.monotonic() - started < 10
+  assert not list((tmp_path / "tfds").glob("**/*.tmp*"))
+
+
+def test_synthetic_test_split_is_paired_by_the_true_mapping(tmp_path):
+  from cyclegan import synthetic
+  splits = synthetic.make_splits(size=16, n_train=4, n_test=3)
+  np.testing.assert_array_equal(splits["testB"], synthetic.to_domain_b(splits["testA"]))
+  assert not np.array_equal(splits["trainB"], synthetic.to_domain_b(splits["trainA"]))
+  # The domains look different: A is warm (red high), B is cool (green high).
+  assert splits["trainA"][..., 0].mean() > splits["trainA"][..., 2].mean() + 50
+  assert splits["trainB"][..., 1].mean() > splits["trainB"][..., 0].mean() + 50
+
+
+def test_real_images_including_greyscale(shared_data, tmp_path):
+  config = tiny_config(tmp_path, dataset=str(shared_data / "horse2zebra"))
+  domains = input_pipeline.load_domains(config)
+  assert domains["trainA"].size == 1067 and domains["trainB"].size == 1334
+  grey = [i for i in range(domains["trainB"].size)
+          if len(Image.open(sorted(input_pipeline.list_images(
+              str(shared_data / "horse2zebra/trainB")))[i]).getbands()) == 1]
+  assert len(grey) == 7
+  assert domains["trainB"].load(tf.constant(grey[0])).shape == (256, 256, 3)

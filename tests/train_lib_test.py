@@ -1,0 +1,124 @@
+"""The train step and loop on tiny models: real steps, exact resume, fault handling."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from cyclegan import input_pipeline
+from cyclegan import train_lib
+from conftest import tiny_config
+
+
+def _weights(workdir):
+  """Every saved value of the latest checkpoint (weights, Adam slots, pools, step), by key."""
+  reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+          if k not in ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE")}
+
+
+def test_linear_decay_matches_the_reference_rule():
+  schedule = train_lib.LinearDecay(1.0, steps_per_epoch=3, epochs=2, epochs_decay=3)
+  got = [float(schedule(tf.constant(s))) for s in range(0, 15, 3)]
+  # lr_l = 1 - max(0, epoch + 1 - n_epochs) / (n_epochs_decay + 1), epoch counted from 0.
+  want = [1 - max(0, e + 1 - 2) / 4 for e in range(5)]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert float(schedule(tf.constant(5))) == float(schedule(tf.constant(3)))  # Per epoch.
+
+
+def test_one_step_updates_every_network(tmp_path):
+  config = tiny_config(tmp_path, max_steps=1, checkpoint_every=1)
+  domains = input_pipeline.load_domains(config)
+  state = train_lib.create_state(config, 8, [32, 32, 3])
+  before = {k: [w.numpy().copy() for w in m.trainable_weights] for k, m in state.models.items()}
+  step = train_lib.make_train_step(config, state, tf.distribute.get_strategy())
+  values = step(next(iter(input_pipeline.train_dataset(config, domains))))
+  assert set(values) >= {"g_adv_a2b", "g_adv_b2a", "cycle_a", "cycle_b", "identity_a",
+                         "identity_b", "d_a", "d_b", "g_total", "d_total"}
+  assert all(np.isfinite(float(v)) for v in values.values())
+  for name, model in state.models.items():
+    changed = [not np.array_equal(a, b.numpy()) for a, b in zip(before[name], model.trainable_weights)]
+    assert all(changed), f"{name} did not update"
+  assert int(state.step.numpy()) == 1 and int(state.pool_a.count.numpy()) == 1
+
+
+def test_identity_off_drops_its_losses(tmp_path):
+  config = tiny_config(tmp_path, lambda_identity=0.0, pool_size=0, gan_mode="vanilla")
+  domains = input_pipeline.load_domains(config)
+  state = train_lib.create_state(config, 8, [32, 32, 3])
+  values = train_lib.make_train_step(config, state, tf.distribute.get_strategy())(
+      next(iter(input_pipeline.train_dataset(config, domains))))
+  assert "identity_a" not in values and "identity_b" not in values
+  assert int(state.pool_a.count.numpy()) == 0
+
+
+def test_one_step_through_the_real_tfds_builder(tmp_path, monkeypatch):
+  monkeypatch.setattr(input_pipeline, "reachable", lambda url, timeout=5.0: True)
+  config = tiny_config(tmp_path, dataset="monet2photo", tfds_data_dir=str(tmp_path / "tfds"),
+                       max_steps=1)
+  with tfds.testing.mock_data(num_examples=4):
+    train_lib.train(config)
+  assert tf.train.latest_checkpoint(os.path.join(config.workdir, "checkpoints")).endswith("ckpt-1")
+  saved = json.load(open(os.path.join(config.workdir, "config.json")))
+  assert saved["dataset"] == "monet2photo" and saved["ngf"] == 4
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+  straight = tiny_config(tmp_path / "straight", max_steps=6, checkpoint_every=100)
+  train_lib.train(straight)
+  split = tiny_config(tmp_path / "split", max_steps=2, checkpoint_every=100)
+  train_lib.train(split)
+  train_lib.train(split.replace(max_steps=6))
+  want, got = _weights(straight.workdir), _weights(split.workdir)
+  assert want.keys() == got.keys() and len(want) > 100 and any("pool_a" in k for k in want)
+  for key in want:
+    np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=key)
+
+
+def test_lr_follows_the_schedule_across_a_restart(tmp_path):
+  # 8 images, batch 1: 8 steps per epoch; epochs=1, decay=1 -> lr halves in the second epoch.
+  config = tiny_config(tmp_path, max_steps=9, checkpoint_every=100)
+  train_lib.train(config.replace(max_steps=3))
+  with tf.distribute.get_strategy().scope():
+    state = train_lib.create_state(config, 8, [32, 32, 3])
+  state.checkpoint().restore(tf.train.latest_checkpoint(os.path.join(config.workdir, "checkpoints")))
+  assert int(state.step.numpy()) == 3
+  assert float(state.optimizer_g.learning_rate) == pytest.approx(config.lr)
+  train_lib.train(config)
+  state.checkpoint().restore(tf.train.latest_checkpoint(os.path.join(config.workdir, "checkpoints")))
+  assert int(state.step.numpy()) == 9
+  assert float(state.optimizer_g.learning_rate) == pytest.approx(config.lr / 2)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+  real = train_lib.generator_losses
+
+  def diverging(config, state, real_a, real_b):  # cycle_a becomes inf from step 3 on.
+    terms, fake_a, fake_b = real(config, state, real_a, real_b)
+    blowup = tf.where(state.step >= 2, np.inf, 1.0)
+    terms["cycle_a"] = terms["cycle_a"] * blowup
+    return terms, fake_a, fake_b
+
+  monkeypatch.setattr(train_lib, "generator_losses", diverging)
+  config = tiny_config(tmp_path, max_steps=5, checkpoint_every=1)
+  with pytest.raises(train_lib.TrainingError, match=r"step 3: loss .* is (inf|nan)"):
+    train_lib.train(config)
+  latest = tf.train.latest_checkpoint(os.path.join(config.workdir, "checkpoints"))
+  assert latest.endswith("ckpt-2")
+  assert all(np.isfinite(v).all() for v in _weights(config.workdir).values())
+
+
+def test_mirrored_over_two_devices_trains_and_resumes(tmp_path):
+  config = tiny_config(tmp_path, strategy="mirrored", batch_size=2, max_steps=2)
+  train_lib.train(config)
+  train_lib.train(config.replace(max_steps=3))
+  assert tf.train.latest_checkpoint(os.path.join(config.workdir, "checkpoints")).endswith("ckpt-3")
+
+
+def test_batch_must_split_evenly_across_replicas(tmp_path):
+  from cyclegan.config import ConfigError
+  with pytest.raises(ConfigError, match="multiple of the 2 replicas"):
+    train_lib.train(tiny_config(tmp_path, strategy="mirrored", batch_size=3, max_steps=1))
