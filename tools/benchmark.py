@@ -1,0 +1,116 @@
+"""Speed and memory of one configuration; prints one JSON line per measurement.
+
+  python tools/benchmark.py --what train --size 256 --precision bf16
+  python tools/benchmark.py --what translate --size 512
+  python tools/benchmark.py --what input --size 256 --dataset ../shared/data/horse2zebra
+
+Run one configuration per process: peak RSS is the process's own. Models are full size
+(ngf 64, 9 blocks, 70x70 PatchGAN) unless --ngf/--n_blocks say otherwise.
+"""
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from cyclegan import config as config_lib  # noqa: E402
+from cyclegan import distribute  # noqa: E402
+from cyclegan import input_pipeline  # noqa: E402
+from cyclegan import models  # noqa: E402
+from cyclegan import train_lib  # noqa: E402
+
+flags.DEFINE_enum("what", "train", ["train", "translate", "input"],
+                  "train: one full iteration; translate: generator forward; input: tf.data only.")
+flags.DEFINE_integer("size", 256, "Square image side.")
+flags.DEFINE_integer("batch_size", 1, "Global batch size.")
+flags.DEFINE_enum("precision", "fp32", ["fp32", "bf16", "fp16"], "Compute precision.")
+flags.DEFINE_string("strategy", "default", "tf.distribute strategy (see cyclegan.train --help).")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the step.")
+flags.DEFINE_integer("steps", 5, "Timed steps after the warm-up step.")
+flags.DEFINE_integer("ngf", 64, "Generator width.")
+flags.DEFINE_integer("n_blocks", 9, "Generator residual blocks.")
+flags.DEFINE_string("dataset", "synthetic", "For --what input: any --dataset of cyclegan.train.")
+FLAGS = flags.FLAGS
+
+
+def _timed(fn, steps):
+  """(first call seconds, per-call seconds of the next `steps` calls)."""
+  start = time.perf_counter()
+  fn()
+  first = time.perf_counter() - start
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return first, times
+
+
+def _config():
+  return config_lib.make_config(dict(
+      crop_size=FLAGS.size, load_size=max(286, FLAGS.size), batch_size=FLAGS.batch_size,
+      precision=FLAGS.precision, strategy=FLAGS.strategy, jit_compile=FLAGS.jit_compile,
+      ngf=FLAGS.ngf, n_blocks=FLAGS.n_blocks, dataset=FLAGS.dataset,
+      synthetic_size=max(72, FLAGS.size)))
+
+
+def bench_train(config):
+  distribute.set_precision(config.precision)
+  strategy = distribute.make_strategy(config.strategy)
+  shape = [config.batch_size, config.crop_size, config.crop_size, 3]
+  batch = {"a": tf.random.uniform(shape, -1, 1), "b": tf.random.uniform(shape, -1, 1)}
+  dataset = tf.data.Dataset.from_tensors(batch).unbatch().batch(
+      config.batch_size // strategy.num_replicas_in_sync).repeat()
+  with strategy.scope():
+    state = train_lib.create_state(config, 1000, shape[1:])
+  step = train_lib.make_train_step(config, state, strategy)
+  iterator = iter(strategy.experimental_distribute_dataset(dataset))
+  return _timed(lambda: float(step(next(iterator))["g_total"]), FLAGS.steps)
+
+
+def bench_translate(config):
+  distribute.set_precision(config.precision)
+  generator = models.resnet_generator(config.ngf, config.n_blocks)
+  images = tf.random.uniform([config.batch_size, config.crop_size, config.crop_size, 3], -1, 1)
+  forward = tf.function(lambda x: generator(x, training=False), jit_compile=config.jit_compile)
+  return _timed(lambda: forward(images).numpy(), FLAGS.steps)
+
+
+def bench_input(config):
+  domains = input_pipeline.load_domains(config)
+  iterator = iter(input_pipeline.train_dataset(config, domains))
+  batches = 50
+  def run():
+    for _ in range(batches):
+      next(iterator)["a"].numpy()
+  first, times = _timed(run, FLAGS.steps)
+  return first / batches, [t / batches for t in times]
+
+
+def main(argv):
+  del argv
+  config = _config()
+  bench = {"train": bench_train, "translate": bench_translate, "input": bench_input}[FLAGS.what]
+  first, times = bench(config)
+  median = statistics.median(times)
+  print(json.dumps({
+      "what": FLAGS.what, "size": FLAGS.size, "batch_size": FLAGS.batch_size,
+      "precision": FLAGS.precision, "strategy": FLAGS.strategy, "jit_compile": FLAGS.jit_compile,
+      "ngf": FLAGS.ngf, "n_blocks": FLAGS.n_blocks, "device": "gpu" if tf.config.list_physical_devices("GPU") else "cpu",
+      "median_s": round(median, 4), "images_per_s": round(FLAGS.batch_size / median, 3),
+      "min_s": round(min(times), 4), "max_s": round(max(times), 4), "steps": len(times),
+      "first_step_s": round(first, 2),
+      "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+  }), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
