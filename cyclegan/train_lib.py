@@ -74,9 +74,13 @@ class TrainState:
             self.models["discriminator_b"].trainable_variables)
 
 
+def learning_rate_schedule(config, steps_per_epoch):
+  return LinearDecay(config.lr, steps_per_epoch, config.epochs, config.epochs_decay)
+
+
 def _optimizer(config, steps_per_epoch):
-  schedule = LinearDecay(config.lr, steps_per_epoch, config.epochs, config.epochs_decay)
-  optimizer = keras.optimizers.Adam(schedule, beta_1=config.beta1, beta_2=config.beta2,
+  optimizer = keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch),
+                                    beta_1=config.beta1, beta_2=config.beta2,
                                     epsilon=config.adam_epsilon)
   if config.precision == "fp16":
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -183,8 +187,8 @@ def make_train_step(config, state, strategy):
 
 
 def total_steps(config, steps_per_epoch):
-  schedule = (config.epochs + config.epochs_decay) * steps_per_epoch
-  return min(config.max_steps, schedule) if config.max_steps else schedule
+  scheduled = (config.epochs + config.epochs_decay) * steps_per_epoch
+  return min(config.max_steps, scheduled) if config.max_steps else scheduled
 
 
 def _format_duration(seconds):
@@ -287,6 +291,7 @@ def train(config, strategy=None):
 
 
 def _loop(config, state, train_step, iterator, manager, summaries, start, last_step, per_epoch):
+  schedule = learning_rate_schedule(config, per_epoch)
   timer_start, timer_steps, first_step_s = time.perf_counter(), 0, None
   step = start
   try:
@@ -305,7 +310,7 @@ def _loop(config, state, train_step, iterator, manager, summaries, start, last_s
       else:
         timer_steps += 1
       if step % config.log_every == 0 or step == last_step:
-        lr = float(state.optimizer_g.learning_rate)
+        lr = float(schedule(step - 1))  # The rate this step used.
         summaries.scalars(step, values, lr)
         _log_progress(config, step, last_step, per_epoch, values, lr,
                       (time.perf_counter() - timer_start) / max(timer_steps, 1))
