@@ -8,6 +8,8 @@ three signatures:
                     translated_bytes: string [None] (PNG), translated_size: int32 [None, 2] (h, w)
   translate_uint8   images: uint8 [N, H, W, 3] -> images: uint8 [N, H, W, 3]
   translate_float   images: float32 [N, H, W, 3] in [-1, 1] -> images: float32 in [-1, 1]
+  translate_uint8_bf16  as translate_uint8, computed in bfloat16 (about 2x faster on CPUs
+                    with AVX512_BF16 and on recent GPUs; outputs within a few levels of fp32)
 The generator's variables are tracked directly, not through the Keras model, so that the
 C++ loader (TF Serving, saved_model_cli) finds them and each weight is stored once.
 """
@@ -83,13 +85,20 @@ class Translator(tf.Module):
           tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int32)))
       return {"translated_bytes": png, "translated_size": size}
 
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, "images")])
+    def translate_uint8_bf16(images):
+      return translate_uint8(images)
+
     self.translate_float = translate_float
     self.translate_uint8 = translate_uint8
     self.serve_bytes = serve_bytes
+    with models.compute_dtype(generator, "mixed_bfloat16"):
+      self.translate_uint8_bf16 = translate_uint8_bf16.get_concrete_function()
 
   def signatures(self):
     return {"serving_default": self.serve_bytes, "translate_uint8": self.translate_uint8,
-            "translate_float": self.translate_float}
+            "translate_float": self.translate_float,
+            "translate_uint8_bf16": self.translate_uint8_bf16}
 
 
 def next_version(base):

@@ -5,6 +5,8 @@ shared/REFERENCE.md; the Keras defaults that differ (padding="same", eps 1e-3, L
 are avoided on purpose. All models are fully convolutional: inputs are (None, None, None, 3).
 """
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
@@ -128,6 +130,24 @@ def patch_discriminator(ndf=64, n_layers=3, name="discriminator"):
   x = conv(1, 4, name="head_conv")(x)
   outputs = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
   return keras.Model(inputs, outputs, name=name)
+
+
+@contextlib.contextmanager
+def compute_dtype(model, policy):
+  """Runs `model` in another precision, on the same float32 weights, within the block.
+
+  The last layer (the float32 output) keeps its policy. Used to trace a bf16 copy of a
+  graph that shares its variables with the float32 one.
+  """
+  layers = model.layers[:-1]
+  saved = [layer.dtype_policy for layer in layers]
+  for layer in layers:
+    layer.dtype_policy = policy
+  try:
+    yield model
+  finally:
+    for layer, old in zip(layers, saved):
+      layer.dtype_policy = old
 
 
 def build_models(config):

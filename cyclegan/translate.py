@@ -1,0 +1,317 @@
+"""Translate a file or a folder of images with an exported model.
+
+  python -m cyclegan.translate --model saved_models/monet2photo/b2a --input photos/ --output out/
+
+Outputs keep each input's relative path, stem and size. Unreadable files are skipped, listed at
+the end, and make the exit status 1; usage errors exit with 2. Existing outputs are skipped
+unless --overwrite, so re-running an interrupted command finishes the job. Images with more
+than --tile^2 pixels are translated in overlapping tiles blended with linear ramps, so memory
+stays bounded whatever the photo's size.
+"""
+
+import collections
+import concurrent.futures
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+from PIL import Image
+
+from cyclegan import export
+from cyclegan import images as images_lib
+
+SIGNATURES = {"fp32": "translate_uint8", "bf16": "translate_uint8_bf16"}
+
+flags.DEFINE_string("model", None, "An exported direction: its base path "
+                    "(saved_models/<name>/a2b: the highest version wins) or a version folder.")
+flags.DEFINE_string("input", None, "An image file, or a folder searched recursively.")
+flags.DEFINE_string("output", None, "Folder for the translated images (created if needed).")
+flags.DEFINE_enum("format", "auto", ["auto", *images_lib.FORMATS],
+                  "Output format; auto: jpg for jpg inputs, png otherwise.")
+flags.DEFINE_integer("batch_size", 4, "Images of the same size translated together.")
+flags.DEFINE_integer("tile", 2048, "Tile side for images with more than tile^2 pixels; 0: never tile.")
+flags.DEFINE_integer("overlap", 128, "Pixels that neighbouring tiles share, blended linearly.")
+flags.DEFINE_integer("max_side", 0, "Resize so the longer side is at most this before the "
+                     "model, and the result back to the input's size; 0: full resolution.")
+flags.DEFINE_enum("precision", "fp32", list(SIGNATURES), "Compute precision of the model.")
+flags.DEFINE_bool("overwrite", False, "Translate again even where the output exists.")
+FLAGS = flags.FLAGS
+
+
+class UsageError(Exception):
+  """Bad arguments; exit status 2."""
+
+
+def resolve_model(path):
+  """A SavedModel folder: `path` itself, or its highest numeric version subfolder."""
+  if os.path.isfile(os.path.join(path, "saved_model.pb")):
+    return path
+  versions = sorted((int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else [])
+  for version in reversed(versions):
+    candidate = os.path.join(path, str(version))
+    if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
+      return candidate
+  raise UsageError(f"--model {path} is not an exported model (no saved_model.pb in it or in a "
+                   "numbered version folder under it)")
+
+
+def find_inputs(path):
+  """[(file, path relative to the input root)] for every image-named file, sorted."""
+  if os.path.isfile(path):
+    return [(path, os.path.basename(path))]
+  found = []
+  for root, dirs, files in os.walk(path):
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for name in sorted(files):
+      if images_lib.is_image_name(name):
+        full = os.path.join(root, name)
+        found.append((full, os.path.relpath(full, path)))
+  return found
+
+
+def output_path(output_dir, relative, fmt):
+  return os.path.join(output_dir, os.path.splitext(relative)[0] + "." + fmt)
+
+
+# --- Tiling ----------------------------------------------------------------------------------
+
+def tile_starts(length, tile, overlap, align=4):
+  """Starts of tiles of side `tile` covering [0, length), neighbours sharing >= overlap pixels.
+
+  Starts are multiples of `align` (the generator's stride), so that every tile sees the same
+  pixel grid as the whole image would; `length` and `tile` must be multiples of it too.
+  """
+  if length <= tile:
+    return [0]
+  count = -(-(length - overlap - align) // (tile - overlap - align))
+  return [round(i * (length - tile) / (count - 1) / align) * align for i in range(count)]
+
+
+def _ramp(size, start, stop, length, overlap):
+  """1 inside, rising linearly over `overlap` pixels at each side that has a neighbour."""
+  weight = np.ones(size, np.float32)
+  if not overlap:
+    return weight
+  ramp = np.arange(1, overlap + 1, dtype=np.float32) / (overlap + 1)
+  if start > 0:
+    weight[:overlap] = np.minimum(weight[:overlap], ramp)
+  if stop < length:
+    weight[-overlap:] = np.minimum(weight[-overlap:], ramp[::-1])
+  return weight
+
+
+def translate_tiled(run, rgb, tile, overlap):
+  """Translates [H, W, 3] tile by tile, blending overlaps with linear weights.
+
+  The image is first reflect-padded exactly as the export pads whole images, so tiles are
+  aligned with whole-image inference; they differ from it only through each tile's own
+  instance-norm statistics and borders.
+  """
+  height, width, _ = rgb.shape
+  padded, top_pad, left_pad = export.pad_to_multiple(tf.constant(rgb[None]))
+  padded = padded.numpy()[0]
+  tile = max(8, tile // 4 * 4)
+  total = np.zeros(padded.shape, np.float32)
+  weights = np.zeros(padded.shape[:2] + (1,), np.float32)
+  full_h, full_w, _ = padded.shape
+  for top in tile_starts(full_h, tile, overlap):
+    for left in tile_starts(full_w, tile, overlap):
+      bottom, right = min(top + tile, full_h), min(left + tile, full_w)
+      out = run(padded[None, top:bottom, left:right])[0].astype(np.float32)
+      w = (_ramp(bottom - top, top, bottom, full_h, overlap)[:, None] *
+           _ramp(right - left, left, right, full_w, overlap)[None, :])[..., None]
+      total[top:bottom, left:right] += out * w
+      weights[top:bottom, left:right] += w
+  out = total[int(top_pad):int(top_pad) + height, int(left_pad):int(left_pad) + width]
+  return np.clip(np.round(out / weights[int(top_pad):int(top_pad) + height,
+                                         int(left_pad):int(left_pad) + width]), 0, 255).astype(np.uint8)
+
+
+# --- The run ---------------------------------------------------------------------------------
+
+Job = collections.namedtuple("Job", "source relative target fmt")
+
+
+class Progress:
+  """Count, images/s and ETA on stderr: one updating line on a terminal, else every 10 s."""
+
+  def __init__(self, total):
+    self.total, self.done, self.start, self.last = total, 0, time.perf_counter(), 0.0
+    self.tty = sys.stderr.isatty()
+
+  def step(self, count=1):
+    self.done += count
+    now = time.perf_counter()
+    if not (self.tty or now - self.last > 10 or self.done == self.total):
+      return
+    self.last = now
+    rate = self.done / max(now - self.start, 1e-9)
+    eta = (self.total - self.done) / rate if rate else 0
+    line = f"{self.done}/{self.total} images | {rate:.2f} img/s | ETA {int(eta) // 60}m{int(eta) % 60:02d}s"
+    sys.stderr.write(("\r" + line) if self.tty else line + "\n")
+    if self.tty and self.done == self.total:
+      sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+class Translator:
+  """Runs the SavedModel on uint8 batches, whole or in tiles, with --max_side resizing."""
+
+  def __init__(self, model_path, precision, tile, overlap, max_side):
+    loaded = tf.saved_model.load(model_path)
+    if SIGNATURES[precision] not in loaded.signatures:
+      raise UsageError(f"{model_path} has no {SIGNATURES[precision]} signature: use "
+                       "--precision fp32 or export it again with this version")
+    self._loaded = loaded  # Keeps the variables alive.
+    self._signature = loaded.signatures[SIGNATURES[precision]]
+    self.tile, self.overlap, self.max_side = tile, overlap, max_side
+
+  def _run(self, batch):
+    return self._signature(images=tf.constant(batch))["images"].numpy()
+
+  def model_size(self, shape):
+    """The size an image of `shape` goes through the model at (after --max_side)."""
+    height, width = shape[:2]
+    scale = min(1.0, self.max_side / max(height, width)) if self.max_side else 1.0
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+  def tiled(self, shape):
+    height, width = self.model_size(shape)
+    return bool(self.tile) and height * width > self.tile * self.tile
+
+  def __call__(self, batch):
+    """uint8 [N, H, W, 3] of one size -> the same shape, translated."""
+    original = batch.shape[1:3]
+    size = self.model_size(batch.shape[1:])
+    if size != original:
+      batch = _resize(batch, size)
+    if self.tiled(batch.shape[1:]):
+      out = np.stack([translate_tiled(self._run, x, self.tile, self.overlap) for x in batch])
+    else:
+      out = self._run(batch)
+    return _resize(out, original) if size != original else out
+
+
+def _resize(batch, size):
+  return np.stack([np.asarray(Image.fromarray(x).resize(size[::-1], Image.BICUBIC)) for x in batch])
+
+
+def translate_all(jobs, translator, batch_size, progress):
+  """Decodes ahead and encodes behind on threads while the model runs; returns failures."""
+  failures = []
+  with concurrent.futures.ThreadPoolExecutor(2) as readers, \
+      concurrent.futures.ThreadPoolExecutor(2) as writers:
+    pending_reads = collections.deque()
+    writes = []
+    job_iter = iter(jobs)
+
+    def refill():
+      for job in job_iter:
+        pending_reads.append((job, readers.submit(images_lib.read_image, job.source)))
+        if len(pending_reads) >= 2 * batch_size + 2:
+          break
+
+    def flush(batch):
+      if not batch:
+        return
+      outputs = translator(np.stack([rgb for _, rgb, _ in batch]))
+      for (job, _, alpha), out in zip(batch, outputs):
+        writes.append((job, writers.submit(images_lib.write_image, job.target, out, alpha, job.fmt)))
+      progress.step(len(batch))
+      batch.clear()
+
+    batch = []
+    refill()
+    while pending_reads:
+      job, future = pending_reads.popleft()
+      refill()
+      try:
+        rgb, alpha = future.result()
+      except images_lib.ImageReadError as e:
+        failures.append((job.source, str(e)))
+        logging.warning("skipping %s: %s", job.source, e)
+        progress.step()
+        continue
+      if batch and (rgb.shape != batch[0][1].shape or translator.tiled(rgb.shape)):
+        flush(batch)
+      batch.append((job, rgb, alpha))
+      if len(batch) >= batch_size or translator.tiled(rgb.shape):
+        flush(batch)
+    flush(batch)
+    for job, future in writes:
+      try:
+        future.result()
+      except OSError as e:
+        failures.append((job.source, f"cannot write {job.target}: {e}"))
+  return failures
+
+
+def plan(input_path, output_dir, fmt, overwrite):
+  """The jobs to run and how many outputs already exist."""
+  if not os.path.exists(input_path):
+    raise UsageError(f"--input {input_path} does not exist")
+  in_root = os.path.realpath(input_path)
+  out_root = os.path.realpath(output_dir)
+  if os.path.isdir(in_root) and (out_root + os.sep).startswith(in_root + os.sep):
+    raise UsageError(f"--output {output_dir} is inside --input {input_path}: choose a folder "
+                     "outside it, so that inputs are never overwritten or re-read")
+  jobs, existing = [], 0
+  inputs = find_inputs(input_path)
+  targets = collections.Counter(
+      output_path(output_dir, r, images_lib.output_format(s, fmt)) for s, r in inputs)
+  for source, relative in inputs:
+    job_fmt = images_lib.output_format(source, fmt)
+    target = output_path(output_dir, relative, job_fmt)
+    if targets[target] > 1:  # photo.tif and photo.webp: keep both, as photo.tif.png etc.
+      target = os.path.join(output_dir, f"{relative}.{job_fmt}")
+    if os.path.realpath(target) == os.path.realpath(source):
+      raise UsageError(f"{target} would overwrite its input: choose another --output")
+    if os.path.exists(target) and not overwrite:
+      existing += 1
+      continue
+    jobs.append(Job(source, relative, target, job_fmt))
+  return jobs, existing
+
+
+def _parse_flags(argv):
+  """Flag errors are usage errors: exit status 2, one line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.stderr.write(f"error: {e}\n")
+    sys.exit(2)
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.stderr.write(f"error: unexpected arguments {argv[1:]}; see --help\n")
+    return 2
+  try:
+    if FLAGS.batch_size < 1 or FLAGS.tile < 0 or FLAGS.overlap < 0 or FLAGS.max_side < 0:
+      raise UsageError("--batch_size must be >= 1; --tile, --overlap and --max_side >= 0")
+    if FLAGS.tile and FLAGS.overlap * 2 >= FLAGS.tile:
+      raise UsageError(f"--overlap {FLAGS.overlap} must be less than half of --tile {FLAGS.tile}")
+    jobs, existing = plan(FLAGS.input, FLAGS.output, FLAGS.format, FLAGS.overwrite)
+    translator = Translator(resolve_model(FLAGS.model), FLAGS.precision, FLAGS.tile,
+                            FLAGS.overlap, FLAGS.max_side)
+  except UsageError as e:
+    sys.stderr.write(f"error: {e}\n")
+    return 2
+  if existing:
+    print(f"{existing} outputs exist already and are skipped (--overwrite to redo them)")
+  failures = translate_all(jobs, translator, FLAGS.batch_size, Progress(len(jobs)))
+  print(f"translated {len(jobs) - len(failures)} of {len(jobs)} images into {FLAGS.output}")
+  if failures:
+    print(f"{len(failures)} failed:")
+    for source, reason in failures:
+      print(f"  {source}: {reason}")
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["model", "input", "output"])
+  app.run(main, flags_parser=_parse_flags)
