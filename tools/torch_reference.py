@@ -5,7 +5,7 @@
 
 Written from the layer list and recipe in shared/REFERENCE.md (ResNet-9, 70x70 PatchGAN, LSGAN,
 cycle + identity, image pool, two Adams), in the reference's order of operations. Prints one
-JSON line like tools/benchmark.py.
+JSON line like tools/benchmark.py; `--what translate` times one generator forward instead.
 """
 
 import argparse
@@ -73,6 +73,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--size", type=int, default=256, help="Square image side.")
   parser.add_argument("--steps", type=int, default=5, help="Timed steps after one warm-up step.")
+  parser.add_argument("--what", choices=["train", "translate"], default="train",
+                      help="train: one full iteration; translate: one generator forward.")
   args = parser.parse_args()
   g_a, g_b = resnet_generator(), resnet_generator()
   d_a, d_b = patch_discriminator(), patch_discriminator()
@@ -108,6 +110,13 @@ def main():
     opt_d.step()
     return float(loss_g.detach())
 
+  if args.what == "translate":
+    g_a.eval()
+
+    def step():  # noqa: F811 -- the forward pass alone, as inference runs it.
+      with torch.no_grad():
+        return g_a(real_a)
+
   start = time.perf_counter()
   step()
   first = time.perf_counter() - start
@@ -118,7 +127,7 @@ def main():
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
   print(json.dumps({
-      "what": "train", "impl": f"pytorch {torch.__version__}", "size": args.size,
+      "what": args.what, "impl": f"pytorch {torch.__version__}", "size": args.size,
       "batch_size": 1, "precision": "fp32", "threads": torch.get_num_threads(),
       "median_s": round(median, 4), "images_per_s": round(1 / median, 3),
       "min_s": round(min(times), 4), "max_s": round(max(times), 4), "steps": len(times),
