@@ -49,6 +49,10 @@ class Config:
   lambda_identity: float = _field(
       0.5, "Identity loss weight, as a fraction of lambda_a/lambda_b; 0 turns it off.")
   pool_size: int = _field(50, "Fake-image pool per discriminator; 0 turns it off.")
+  init_a2b: str = _field(
+      "", "PyTorch reference generator (.pth state dict) to start generator_a2b from, for "
+      "fine-tuning; read only when the workdir has no checkpoint yet (needs the [torch] extra).")
+  init_b2a: str = _field("", "As --init_a2b, for generator_b2a.")
   # Optimisation.
   lr: float = _field(2e-4, "Initial Adam learning rate for both optimizers.")
   beta1: float = _field(0.5, "Adam beta1.")

@@ -14,6 +14,7 @@ import sys
 from absl import app, flags, logging
 
 from cyclegan import config as config_lib
+from cyclegan import convert_torch
 from cyclegan import export as export_lib
 from cyclegan import input_pipeline
 from cyclegan import train_lib
@@ -60,7 +61,8 @@ def main(argv):
     config = resolve_config(FLAGS.config, overrides)
     logging.info("config: %s", config)
     paths = train_lib.train(config)
-  except (config_lib.ConfigError, input_pipeline.DataError, train_lib.TrainingError) as e:
+  except (config_lib.ConfigError, input_pipeline.DataError, train_lib.TrainingError,
+          convert_torch.ConversionError) as e:
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:
     sys.exit("interrupted: run the same command again to resume")

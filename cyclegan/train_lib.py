@@ -18,6 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from cyclegan import config as config_lib
+from cyclegan import convert_torch
 from cyclegan import distribute
 from cyclegan import export as export_lib
 from cyclegan import image_pool
@@ -231,6 +232,23 @@ class _Summaries:
     self.writer.flush()
 
 
+def _init_generators(config, state):
+  """Starts from published PyTorch generators (--init_a2b/--init_b2a), for fine-tuning."""
+  for name, path in (("generator_a2b", config.init_a2b), ("generator_b2a", config.init_b2a)):
+    if not path:
+      continue
+    source = convert_torch.load_generator(path)
+    target = state.models[name]
+    if [w.shape for w in source.weights] != [w.shape for w in target.weights]:
+      blocks = sum(layer.name.endswith("_conv1") for layer in source.layers)
+      raise config_lib.ConfigError(
+          f"{path} is a generator with ngf={source.get_layer('stem_conv').filters}, "
+          f"n_blocks={blocks}; this run builds ngf={config.ngf}, n_blocks={config.n_blocks}: "
+          "set --ngf and --n_blocks to match")
+    target.set_weights(source.get_weights())
+    logging.info("%s starts from %s", name, path)
+
+
 def _checkpoint_dir(workdir, chief):
   """Non-chief workers must save too (collectives), but into a throwaway folder."""
   return os.path.join(workdir, "checkpoints") if chief else tempfile.mkdtemp(prefix="cyclegan-")
@@ -266,6 +284,8 @@ def train(config, strategy=None):
   if latest:
     checkpoint.restore(latest).assert_consumed()
     logging.info("resumed from %s", latest)
+  else:
+    _init_generators(config, state)
   manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, config.keep_checkpoints)
   if chief:
     config_lib.save(config, os.path.join(workdir, "config.json"))

@@ -19,15 +19,17 @@ import torch
 from torch import nn
 
 
-def resnet_generator(ngf=64, n_blocks=9):
+def resnet_generator(ngf=64, n_blocks=9, use_dropout=False):
+  """nn.Sequential; wrapped as `model` its state-dict keys are the reference's (model.1, ...)."""
   def norm(c):
     return nn.InstanceNorm2d(c)
 
   class Block(nn.Module):
     def __init__(self, c):
       super().__init__()
+      dropout = [nn.Dropout(0.5)] if use_dropout else []  # Shifts the second conv to index 6.
       self.conv_block = nn.Sequential(
-          nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), norm(c), nn.ReLU(True),
+          nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), norm(c), nn.ReLU(True), *dropout,
           nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), norm(c))
 
     def forward(self, x):

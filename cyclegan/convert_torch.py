@@ -1,0 +1,125 @@
+"""Import a PyTorch CycleGAN generator checkpoint (a state dict) as a SavedModel.
+
+  pip install -e ".[torch]"
+  python -m cyclegan.convert_torch style_monet.pth --export_dir saved_models/style_monet
+
+Reads the reference's ResnetGenerator state dict (`latest_net_G_A.pth`, `style_monet.pth`, ...)
+with torch.load(weights_only=True), which never unpickles arbitrary objects, checks every key
+and shape, and writes DIR/<version>/ with the same signatures as a trained export.
+"""
+
+import re
+import sys
+
+from absl import app, flags, logging
+
+from cyclegan import export
+from cyclegan import models
+
+IGNORED_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
+
+
+class ConversionError(ValueError):
+  """A checkpoint that is not a reference generator; the message says what was found."""
+
+
+def load_state_dict(path):
+  """{key: float32 numpy array} from a .pth file, refusing pickled objects."""
+  try:
+    import torch
+  except ImportError as e:
+    raise ConversionError("PyTorch is needed to read .pth files: pip install -e '.[torch]'") from e
+  try:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+  except FileNotFoundError as e:
+    raise ConversionError(f"{path} does not exist") from e
+  except Exception as e:  # torch raises many types for corrupt or unsafe files.
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ConversionError(f"{path} is not a readable PyTorch state dict ({reason[:200]})") from e
+  if not isinstance(state, dict) or not all(
+      isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    raise ConversionError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
+  return {re.sub(r"^module\.", "", k): v.detach().float().numpy() for k, v in state.items()}
+
+
+def _describe(keys, limit=6):
+  keys = sorted(keys)
+  return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def generator_layers(state):
+  """(ngf, n_blocks, {our layer name: pytorch key prefix})."""
+  keys = {k for k in state if not k.endswith(IGNORED_SUFFIXES)}
+  if "model.0.weight" in keys and state["model.0.weight"].shape[-1] == 4:
+    raise ConversionError("this is a PatchGAN discriminator checkpoint (model.0 is a 4x4 conv): "
+                          "convert a generator (e.g. latest_net_G_A.pth)")
+  if "model.1.weight" not in keys:
+    raise ConversionError(f"not a ResNet generator state dict: no model.1.weight; found {_describe(keys)}")
+  blocks = sorted({int(m.group(1)) for k in keys if (m := re.match(r"model\.(\d+)\.conv_block\.", k))})
+  n_blocks = len(blocks)
+  if n_blocks == 0 or blocks != list(range(10, 10 + n_blocks)):
+    raise ConversionError(f"residual blocks must be model.10 onwards; found {blocks or 'none'}")
+  second = 6 if any(k.startswith("model.10.conv_block.6.") for k in keys) else 5  # dropout layout
+  layers = {"stem_conv": "model.1", "down0_conv": "model.4", "down1_conv": "model.7",
+            "up0_deconv": f"model.{10 + n_blocks}", "up1_deconv": f"model.{13 + n_blocks}",
+            "head_conv": f"model.{17 + n_blocks}"}
+  for i in range(n_blocks):
+    layers[f"block{i}_conv1"] = f"model.{10 + i}.conv_block.1"
+    layers[f"block{i}_conv2"] = f"model.{10 + i}.conv_block.{second}"
+  expected = {f"{prefix}.{p}" for prefix in layers.values() for p in ("weight", "bias")}
+  if keys - expected:
+    raise ConversionError(f"unexpected keys for a {n_blocks}-block generator: {_describe(keys - expected)}")
+  if expected - keys:
+    raise ConversionError(f"missing keys for a {n_blocks}-block generator: {_describe(expected - keys)}")
+  ngf = state["model.1.weight"].shape[0]
+  return ngf, n_blocks, layers
+
+
+def to_keras(state):
+  """A float32 Keras generator carrying the checkpoint's weights."""
+  ngf, n_blocks, layers = generator_layers(state)
+  generator = models.resnet_generator(ngf, n_blocks)
+  for name, prefix in layers.items():
+    layer = generator.get_layer(name)
+    # Conv (out, in, kh, kw) and ConvTranspose (in, out, kh, kw) both map by (2, 3, 1, 0).
+    kernel = state[f"{prefix}.weight"].transpose(2, 3, 1, 0)
+    bias = state[f"{prefix}.bias"]
+    if kernel.shape != tuple(layer.kernel.shape) or bias.shape != tuple(layer.bias.shape):
+      raise ConversionError(
+          f"{prefix}.weight has shape {state[f'{prefix}.weight'].shape}, which does not fit a "
+          f"generator with ngf={ngf} (expected kernel {tuple(layer.kernel.shape)} in Keras layout)")
+    layer.kernel.assign(kernel)
+    layer.bias.assign(bias)
+  return generator
+
+
+def load_generator(path):
+  return to_keras(load_state_dict(path))
+
+
+def convert(path, export_dir, version=None):
+  generator = load_generator(path)
+  out = export.save(generator, export_dir, version)
+  logging.info("converted %s (ngf=%d) to %s", path, generator.get_layer("stem_conv").filters, out)
+  return out
+
+
+def main(argv):
+  if len(argv) != 2:
+    sys.stderr.write("usage: python -m cyclegan.convert_torch CHECKPOINT.pth --export_dir DIR\n")
+    return 2
+  try:
+    path = convert(argv[1], flags.FLAGS.export_dir, flags.FLAGS.version)
+  except (ConversionError, OSError) as e:
+    sys.stderr.write(f"error: {e}\n")
+    return 1
+  print(f"SavedModel: {path}\n  translate: python -m cyclegan.translate --model "
+        f"{flags.FLAGS.export_dir} --input photos/ --output out/")
+  return 0
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("export_dir", None, "Writes <export_dir>/<version>/ (TF Serving layout).",
+                      required=True)
+  flags.DEFINE_integer("version", None, "Version folder (default: the next free number).")
+  app.run(main)

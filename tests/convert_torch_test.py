@@ -1,0 +1,134 @@
+"""Importing PyTorch generator checkpoints: parity with PyTorch, and clear refusals."""
+
+import importlib.util
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import REPO, tiny_config
+
+torch = pytest.importorskip("torch", reason="PyTorch is the optional [torch] extra")
+
+from cyclegan import convert_torch  # noqa: E402
+from cyclegan import train_lib  # noqa: E402
+from cyclegan.config import ConfigError  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("torch_reference", REPO / "tools" / "torch_reference.py")
+torch_reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(torch_reference)
+
+
+def _state_dict(ngf=64, n_blocks=9, use_dropout=False, seed=0):
+  """A reference-layout generator with PyTorch's default random init, keyed model.N..."""
+  torch.manual_seed(seed)
+  net = torch_reference.resnet_generator(ngf, n_blocks, use_dropout).eval()
+  return net, {f"model.{k}": v for k, v in net.state_dict().items()}
+
+
+def _save(tmp_path, state, name="net_G.pth"):
+  path = tmp_path / name
+  torch.save(state, path)
+  return str(path)
+
+
+def _photo(shared_data, height, width):
+  path = sorted((shared_data / "horse2zebra" / "testA").iterdir())[0]
+  image = Image.open(path).convert("RGB").resize((width, height), Image.BICUBIC)
+  return np.asarray(image, np.float32)[None] / 127.5 - 1
+
+
+def _torch_translate(net, x):
+  """PyTorch on the same centred reflect padding our export uses, then cropped back."""
+  _, height, width, _ = x.shape
+  pads = []
+  for n in (width, height):
+    target = max(-(-n // 4) * 4, 8)
+    pads += [(target - n) // 2, target - n - (target - n) // 2]
+  with torch.no_grad():
+    t = torch.nn.functional.pad(torch.from_numpy(x).permute(0, 3, 1, 2), pads, mode="reflect")
+    out = net(t).permute(0, 2, 3, 1).numpy()
+  return out[:, pads[2]:pads[2] + height, pads[0]:pads[0] + width]
+
+
+@pytest.mark.parametrize("height,width", [(256, 256), (200, 300), (201, 302)])
+def test_converted_savedmodel_matches_pytorch_on_a_real_photo(shared_data, tmp_path, height, width):
+  net, state = _state_dict()
+  path = convert_torch.convert(_save(tmp_path, state), str(tmp_path / "export"))
+  x = _photo(shared_data, height, width)
+  got = tf.saved_model.load(path).signatures["translate_float"](images=tf.constant(x))["images"]
+  want = _torch_translate(net, x)
+  assert got.shape == want.shape
+  assert np.abs(got.numpy() - want).max() <= 1e-4
+
+
+def test_six_blocks_dropout_layout_and_stray_running_stats(tmp_path):
+  net, state = _state_dict(ngf=8, n_blocks=6, use_dropout=True)
+  assert "model.10.conv_block.6.weight" in state
+  state["model.2.running_mean"] = torch.zeros(8)  # Old checkpoints carry these; ignored.
+  state["model.2.running_var"] = torch.ones(8)
+  generator = convert_torch.load_generator(_save(tmp_path, state))
+  x = np.random.default_rng(0).uniform(-1, 1, (1, 32, 40, 3)).astype(np.float32)
+  np.testing.assert_allclose(generator(x).numpy(), _torch_translate(net, x), atol=1e-5)
+
+
+def test_refuses_what_is_not_a_generator_state_dict(tmp_path):
+  _, state = _state_dict(ngf=4, n_blocks=2)
+  cases = {
+      "missing keys": {k: v for k, v in state.items() if "model.4." not in k},
+      "unexpected keys": {**state, "model.99.weight": torch.zeros(1)},
+      "does not fit": {**state, "model.4.weight": torch.zeros(8, 3, 3, 3)},
+      "discriminator": {"model.0.weight": torch.zeros(64, 3, 4, 4), "model.0.bias": torch.zeros(64)},
+      "not a ResNet generator": {"fc.weight": torch.zeros(2, 2)},
+      "not a state dict": [torch.zeros(1)],
+  }
+  for expected, bad in cases.items():
+    with pytest.raises(convert_torch.ConversionError, match=expected):
+      convert_torch.load_generator(_save(tmp_path, bad))
+  (tmp_path / "corrupt.pth").write_bytes(b"PK\x03\x04 not really a zip")
+  with pytest.raises(convert_torch.ConversionError, match="not a readable PyTorch state dict"):
+    convert_torch.load_generator(str(tmp_path / "corrupt.pth"))
+
+
+class _Payload:
+  def __reduce__(self):
+    return (os.system, ("touch /tmp/cyclegan_pwned",))
+
+
+def test_never_unpickles_arbitrary_objects(tmp_path):
+  path = tmp_path / "evil.pth"
+  with open(path, "wb") as f:
+    pickle.dump({"model.1.weight": _Payload()}, f)
+  with pytest.raises(convert_torch.ConversionError, match="not a readable PyTorch state dict"):
+    convert_torch.load_generator(str(path))
+  assert not os.path.exists("/tmp/cyclegan_pwned")
+
+
+def test_command_and_one_line_errors(tmp_path):
+  _, state = _state_dict(ngf=4, n_blocks=2)
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  run = lambda *a: subprocess.run([sys.executable, "-m", "cyclegan.convert_torch", *a], cwd=REPO,
+                                  env=env, capture_output=True, text=True, timeout=300)
+  done = run(_save(tmp_path, state), "--export_dir", str(tmp_path / "style"))
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert (tmp_path / "style" / "1" / "saved_model.pb").is_file()
+  bad = run(str(tmp_path / "missing.pth"), "--export_dir", str(tmp_path / "x"))
+  assert bad.returncode == 1 and "Traceback" not in bad.stderr and "does not exist" in bad.stderr
+
+
+def test_training_starts_from_pytorch_generators(tmp_path):
+  """With lr 0 the weights stay as imported, so the export must equal PyTorch's output."""
+  net, state = _state_dict(ngf=4, n_blocks=1)
+  config = tiny_config(tmp_path, init_a2b=_save(tmp_path, state), lr=0.0, max_steps=1,
+                       export=True)
+  paths = train_lib.train(config)
+  x = np.random.default_rng(0).uniform(-1, 1, (1, 36, 44, 3)).astype(np.float32)
+  got = tf.saved_model.load(paths["a2b"]).signatures["translate_float"](images=tf.constant(x))
+  np.testing.assert_allclose(got["images"].numpy(), _torch_translate(net, x), atol=1e-5)
+  with pytest.raises(ConfigError, match="ngf=4, n_blocks=1; this run builds ngf=8"):
+    train_lib.train(tiny_config(tmp_path / "other", init_b2a=config.init_a2b, ngf=8, max_steps=1))
