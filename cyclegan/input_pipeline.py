@@ -13,7 +13,6 @@ import socket
 import urllib.parse
 from typing import Callable
 
-import numpy as np
 import tensorflow as tf
 
 from cyclegan import synthetic
@@ -283,6 +282,3 @@ def sample_images(domain, config, count=4):
     images = images[:1]  # Sizes differ: a batch of one.
   return tf.stack(images)
 
-
-def to_uint8(images):
-  return np.clip(np.round((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)

@@ -174,11 +174,12 @@ def make_train_step(config, state, strategy):
     out["g_total"], out["d_total"] = g_loss, d_loss
     return out
 
-  @tf.function(jit_compile=config.jit_compile or None)
+  # reduce_retracing: with --preprocess scale_width/none every image size would trace anew.
+  @tf.function(jit_compile=config.jit_compile or None, reduce_retracing=True)
   def replica_fn(batch, step):
     return replica_step(batch, step)
 
-  @tf.function
+  @tf.function(reduce_retracing=True)
   def train_step(batch):
     per_replica = strategy.run(replica_fn, args=(batch, state.step.read_value()))
     state.step.assign_add(1)

@@ -100,6 +100,7 @@ class _Payload:
     return (os.system, ("touch /tmp/cyclegan_pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_never_unpickles_arbitrary_objects(tmp_path):
   path = tmp_path / "evil.pth"
   with open(path, "wb") as f:

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from cyclegan import input_pipeline
 from cyclegan import train_lib
+from cyclegan.config import ConfigError
 from conftest import tiny_config
 
 
@@ -119,6 +121,19 @@ def test_mirrored_over_two_devices_trains_and_resumes(tmp_path):
 
 
 def test_batch_must_split_evenly_across_replicas(tmp_path):
-  from cyclegan.config import ConfigError
   with pytest.raises(ConfigError, match="multiple of the 2 replicas"):
     train_lib.train(tiny_config(tmp_path, strategy="mirrored", batch_size=3, max_steps=1))
+
+
+def test_variable_size_preprocess_trains_with_the_pool_off(tmp_path):
+  rng = np.random.default_rng(0)
+  for domain, sizes in (("trainA", [(40, 28), (36, 52)]), ("trainB", [(44, 44), (32, 60), (48, 36)])):
+    os.makedirs(tmp_path / "data" / domain)
+    for i, (h, w) in enumerate(sizes):
+      Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+          tmp_path / "data" / domain / f"{i}.png")
+  config = tiny_config(tmp_path, dataset=str(tmp_path / "data"), preprocess="none", max_steps=4)
+  train_lib.train(config)
+  assert tf.train.latest_checkpoint(os.path.join(config.workdir, "checkpoints")).endswith("ckpt-4")
+  with pytest.raises(ConfigError, match="use --batch_size 1"):
+    train_lib.train(config.replace(batch_size=2, workdir=str(tmp_path / "w2")))

@@ -90,7 +90,7 @@ def main():
   def gan(pred, real):
     return mse(pred, torch.ones_like(pred) if real else torch.zeros_like(pred))
 
-  def step():
+  def train_step():
     fake_b = g_a(real_a)
     rec_a = g_b(fake_b)
     fake_a = g_b(real_b)
@@ -112,12 +112,12 @@ def main():
     opt_d.step()
     return float(loss_g.detach())
 
-  if args.what == "translate":
-    g_a.eval()
+  def translate_step():
+    with torch.no_grad():
+      return g_a(real_a)
 
-    def step():  # noqa: F811 -- the forward pass alone, as inference runs it.
-      with torch.no_grad():
-        return g_a(real_a)
+  g_a.train(args.what == "train")
+  step = train_step if args.what == "train" else translate_step
 
   start = time.perf_counter()
   step()
