@@ -74,6 +74,9 @@ class Config:
   keep_checkpoints: int = _field(3, "Checkpoints to keep.")
   log_every: int = _field(50, "Log losses, images/s and ETA every this many steps.")
   image_every: int = _field(1000, "Write TensorBoard image grids every this many steps.")
+  eval_every: int = _field(0, "Every this many steps, log quality to TensorBoard: the paired "
+                           "metrics on the built-in dataset's held-out pairs, and the test-split "
+                           "cycle L1 on any dataset; 0: off.")
   workdir: str = _field("", "Checkpoints, logs and config (default: workdirs/<name>).")
   export_dir: str = _field("", "Where SavedModels go (default: saved_models/<name>).")
   export: bool = _field(True, "Export SavedModels when training ends.")
@@ -149,8 +152,8 @@ def _validate(c):
     raise ConfigError(f"crop_size {c.crop_size} is larger than load_size {c.load_size}")
   if c.epochs + c.epochs_decay <= 0:
     raise ConfigError("epochs + epochs_decay must be positive")
-  if min(c.max_steps, c.pool_size, c.lambda_identity, c.lambda_a, c.lambda_b) < 0:
-    raise ConfigError("max_steps, pool_size and the lambdas must not be negative")
+  if min(c.max_steps, c.pool_size, c.lambda_identity, c.lambda_a, c.lambda_b, c.eval_every) < 0:
+    raise ConfigError("max_steps, pool_size, eval_every and the lambdas must not be negative")
 
 
 def resolve(config_name, flag_overrides):

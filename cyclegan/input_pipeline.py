@@ -274,6 +274,18 @@ def train_dataset(config, domains, start_step=0, input_context=None):
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def same_size_batches(images, batch_size):
+  """Consecutive runs of same-shape arrays, at most batch_size long (for batching by size)."""
+  batch = []
+  for image in images:
+    if batch and (image.shape != batch[0].shape or len(batch) == batch_size):
+      yield batch
+      batch = []
+    batch.append(image)
+  if batch:
+    yield batch
+
+
 def sample_images(domain, config, count=4):
   """The first `count` images of a domain, preprocessed for display, as one batch."""
   count = min(count, domain.size)

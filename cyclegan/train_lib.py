@@ -24,6 +24,7 @@ from cyclegan import export as export_lib
 from cyclegan import image_pool
 from cyclegan import input_pipeline
 from cyclegan import losses
+from cyclegan import metrics
 from cyclegan import models
 
 
@@ -208,13 +209,26 @@ class _Summaries:
     test_b = domains.get("testB", domains["trainB"])
     self.samples_a = input_pipeline.sample_images(test_a, config)
     self.samples_b = input_pipeline.sample_images(test_b, config)
+    if config.eval_every:
+      self.eval_a = input_pipeline.sample_images(test_a, config, count=32)
+      self.eval_b = input_pipeline.sample_images(test_b, config, count=32)
     g_a2b, g_b2a = state.models["generator_a2b"], state.models["generator_b2a"]
+    # Held-out ground truth exists for the built-in dataset only.
+    self.pairs = (config.dataset == config_lib.SYNTHETIC and "testA" in domains)
+    if self.pairs:
+      self.pairs_a = np.stack([domains["testA"].load(i).numpy() for i in range(domains["testA"].size)])
+      self.pairs_b = np.stack([domains["testB"].load(i).numpy() for i in range(domains["testB"].size)])
 
     @tf.function
     def translate(a, b):
       fake_b, fake_a = g_a2b(a), g_b2a(b)
       return fake_b, g_b2a(fake_b), fake_a, g_a2b(fake_a)
-    self.translate = translate
+
+    @tf.function
+    def a2b_uint8(images):
+      out = g_a2b(tf.cast(images, tf.float32) / 127.5 - 1.0)
+      return tf.cast(tf.clip_by_value(tf.round((out + 1.0) * 127.5), 0, 255), tf.uint8)
+    self.translate, self.a2b_uint8 = translate, a2b_uint8
 
   def scalars(self, step, values, lr):
     with self.writer.as_default(step=step):
@@ -228,6 +242,20 @@ class _Summaries:
     with self.writer.as_default(step=step):
       tf.summary.image("a_to_b", (as_rows(self.samples_a, fake_b, rec_a)[None] + 1) / 2, step=step)
       tf.summary.image("b_to_a", (as_rows(self.samples_b, fake_a, rec_b)[None] + 1) / 2, step=step)
+
+  def evaluate(self, step):
+    """Quality numbers: test-split cycle L1, and paired metrics where there is ground truth."""
+    _, rec_a, _, rec_b = self.translate(self.eval_a, self.eval_b)
+    values = {"cycle_l1_a": float(tf.reduce_mean(tf.abs(rec_a - self.eval_a))) / 2,
+              "cycle_l1_b": float(tf.reduce_mean(tf.abs(rec_b - self.eval_b))) / 2}
+    if self.pairs:
+      outputs = np.concatenate([self.a2b_uint8(self.pairs_a[i:i + 16]).numpy()
+                                for i in range(0, len(self.pairs_a), 16)])
+      values.update({f"a2b_{k}": v for k, v in metrics.paired(outputs, self.pairs_b).items()})
+    with self.writer.as_default(step=step):
+      for name, value in values.items():
+        tf.summary.scalar(f"eval/{name}", value)
+    return values
 
   def flush(self):
     self.writer.flush()
@@ -337,6 +365,9 @@ def _loop(config, state, train_step, iterator, manager, summaries, start, last_s
                       (time.perf_counter() - timer_start) / max(timer_steps, 1))
       if step % config.image_every == 0 or step == last_step:
         summaries.images(step)
+      if config.eval_every and (step % config.eval_every == 0 or step == last_step):
+        logging.info("step %d eval: %s", step, " ".join(
+            f"{k}={v:.4f}" for k, v in summaries.evaluate(step).items()))
       if step % config.checkpoint_every == 0:
         manager.save(checkpoint_number=step)
   except KeyboardInterrupt:

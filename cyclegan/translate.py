@@ -25,19 +25,23 @@ from cyclegan import images as images_lib
 
 SIGNATURES = {"fp32": "translate_uint8", "bf16": "translate_uint8_bf16"}
 
-flags.DEFINE_string("model", None, "An exported direction: its base path "
-                    "(saved_models/<name>/a2b: the highest version wins) or a version folder.")
-flags.DEFINE_string("input", None, "An image file, or a folder searched recursively.")
-flags.DEFINE_string("output", None, "Folder for the translated images (created if needed).")
-flags.DEFINE_enum("format", "auto", ["auto", *images_lib.FORMATS],
-                  "Output format; auto: jpg for jpg inputs, png otherwise.")
-flags.DEFINE_integer("batch_size", 4, "Images of the same size translated together.")
-flags.DEFINE_integer("tile", 2048, "Tile side for images with more than tile^2 pixels; 0: never tile.")
-flags.DEFINE_integer("overlap", 128, "Pixels that neighbouring tiles share, blended linearly.")
-flags.DEFINE_integer("max_side", 0, "Resize so the longer side is at most this before the "
-                     "model, and the result back to the input's size; 0: full resolution.")
-flags.DEFINE_enum("precision", "fp32", list(SIGNATURES), "Compute precision of the model.")
-flags.DEFINE_bool("overwrite", False, "Translate again even where the output exists.")
+def define_flags():
+  """Flags are defined by the command only, so that other modules can import this one."""
+  flags.DEFINE_string("model", None, "An exported direction: its base path "
+                      "(saved_models/<name>/a2b: the highest version wins) or a version folder.")
+  flags.DEFINE_string("input", None, "An image file, or a folder searched recursively.")
+  flags.DEFINE_string("output", None, "Folder for the translated images (created if needed).")
+  flags.DEFINE_enum("format", "auto", ["auto", *images_lib.FORMATS],
+                    "Output format; auto: jpg for jpg inputs, png otherwise.")
+  flags.DEFINE_integer("batch_size", 4, "Images of the same size translated together.")
+  flags.DEFINE_integer("tile", 2048, "Tile side for images with more than tile^2 pixels; 0: never tile.")
+  flags.DEFINE_integer("overlap", 128, "Pixels that neighbouring tiles share, blended linearly.")
+  flags.DEFINE_integer("max_side", 0, "Resize so the longer side is at most this before the "
+                       "model, and the result back to the input's size; 0: full resolution.")
+  flags.DEFINE_enum("precision", "fp32", list(SIGNATURES), "Compute precision of the model.")
+  flags.DEFINE_bool("overwrite", False, "Translate again even where the output exists.")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -313,5 +317,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["model", "input", "output"])
   app.run(main, flags_parser=_parse_flags)

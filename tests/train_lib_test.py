@@ -1,5 +1,6 @@
 """The train step and loop on tiny models: real steps, exact resume, fault handling."""
 
+import collections
 import json
 import os
 
@@ -137,3 +138,16 @@ def test_variable_size_preprocess_trains_with_the_pool_off(tmp_path):
   assert tf.train.latest_checkpoint(os.path.join(config.workdir, "checkpoints")).endswith("ckpt-4")
   with pytest.raises(ConfigError, match="use --batch_size 1"):
     train_lib.train(config.replace(batch_size=2, workdir=str(tmp_path / "w2")))
+
+
+def test_eval_every_logs_quality_to_tensorboard(tmp_path):
+  config = tiny_config(tmp_path, max_steps=4, eval_every=2)
+  train_lib.train(config)
+  tags = collections.defaultdict(set)
+  for path in (tmp_path / "workdir" / "tensorboard").glob("events.out.tfevents.*"):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      for value in event.summary.value:
+        tags[value.tag].add(event.step)
+  for tag in ("eval/cycle_l1_a", "eval/cycle_l1_b", "eval/a2b_l1", "eval/a2b_psnr", "eval/a2b_ssim"):
+    assert tags[tag] == {2, 4}, tag
+  assert tags["loss/cycle_a"] == {1, 2, 3, 4} and tags["learning_rate"] == {1, 2, 3, 4}
