@@ -20,6 +20,7 @@ from cyclegan import input_pipeline
 from cyclegan import metrics
 from cyclegan import translate
 
+
 def define_flags():
   """Flags are defined by the command only, so that other modules can import this one."""
   flags.DEFINE_string("model", None, "An exported direction (base path or version folder).")

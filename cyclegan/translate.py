@@ -25,6 +25,7 @@ from cyclegan import images as images_lib
 
 SIGNATURES = {"fp32": "translate_uint8", "bf16": "translate_uint8_bf16"}
 
+
 def define_flags():
   """Flags are defined by the command only, so that other modules can import this one."""
   flags.DEFINE_string("model", None, "An exported direction: its base path "
@@ -34,7 +35,8 @@ def define_flags():
   flags.DEFINE_enum("format", "auto", ["auto", *images_lib.FORMATS],
                     "Output format; auto: jpg for jpg inputs, png otherwise.")
   flags.DEFINE_integer("batch_size", 4, "Images of the same size translated together.")
-  flags.DEFINE_integer("tile", 2048, "Tile side for images with more than tile^2 pixels; 0: never tile.")
+  flags.DEFINE_integer("tile", 2048,
+                       "Tile side for images with more than tile^2 pixels; 0: never tile.")
   flags.DEFINE_integer("overlap", 128, "Pixels that neighbouring tiles share, blended linearly.")
   flags.DEFINE_integer("max_side", 0, "Resize so the longer side is at most this before the "
                        "model, and the result back to the input's size; 0: full resolution.")

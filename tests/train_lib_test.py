@@ -2,6 +2,7 @@
 
 import collections
 import json
+import re
 import os
 
 import numpy as np
@@ -151,3 +152,43 @@ def test_eval_every_logs_quality_to_tensorboard(tmp_path):
   for tag in ("eval/cycle_l1_a", "eval/cycle_l1_b", "eval/a2b_l1", "eval/a2b_psnr", "eval/a2b_ssim"):
     assert tags[tag] == {2, 4}, tag
   assert tags["loss/cycle_a"] == {1, 2, 3, 4} and tags["learning_rate"] == {1, 2, 3, 4}
+
+
+def test_two_replicas_of_batch_1_take_the_same_step_as_one_device_with_batch_2(tmp_path):
+  """Losses are per-example sums over the global batch, so the all-reduced gradients equal the
+  single-device ones up to float32 summation order, and so do the reported losses (a wrong
+  scaling would show there: Adam's update itself is blind to a constant gradient scale).
+
+  Weights: Adam divides each gradient by its own running magnitude, so elements whose gradient
+  is near zero turn float round-off (which differs between one device and two, and between
+  oneDNN thread schedules) into visible steps. Two runs measured max differences of 1.4e-6 and
+  1.5e-5 after two steps; the bound is lr/4 = 5e-5, while a replica seeing the wrong data
+  moves weights by up to 2 lr. The biases of convolutions that feed an instance norm are the
+  extreme case: the norm removes them, their true gradient is 0, and Adam turns the round-off
+  into steps of up to lr of either sign; they are only held to |change| <= lr per step.
+  """
+  config = tiny_config(tmp_path, pool_size=0, batch_size=2)
+  domains = input_pipeline.load_domains(config)
+  batches = list(input_pipeline.train_dataset(config, domains).take(2).as_numpy_iterator())
+
+  def run(strategy):
+    with strategy.scope():
+      state = train_lib.create_state(config, 8, None)
+    step = train_lib.make_train_step(config, state, strategy)
+    losses = []
+    for batch in batches:  # The global batch of 2: split across replicas by the strategy.
+      dataset = tf.data.Dataset.from_tensors(batch)
+      values = step(next(iter(strategy.experimental_distribute_dataset(dataset))))
+      losses.append({k: float(v) for k, v in values.items()})
+    weights = {f"{k}/{w.path}": w.numpy() for k, m in state.models.items() for w in m.weights}
+    return losses, weights
+
+  single_losses, single = run(tf.distribute.OneDeviceStrategy("/cpu:0"))
+  mirrored_losses, mirrored = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+  for want, got in zip(single_losses, mirrored_losses):
+    assert got == pytest.approx(want, rel=1e-5)
+  normed = re.compile(r"/(stem_conv|down\d_conv|block\d+_conv\d|up\d_deconv|layer[1-9]_conv)/bias$")
+  assert sum(bool(normed.search(name)) for name in single) == 2 * 7 + 2 * 2
+  for name in single:
+    diff = np.abs(single[name] - mirrored[name]).max()
+    assert diff <= (2 * config.lr if normed.search(name) else config.lr / 4), (name, diff)
