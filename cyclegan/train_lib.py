@@ -7,6 +7,7 @@ so one device with batch 2 and two devices with batch 1 take the same step.
 """
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import tempfile
@@ -377,6 +378,16 @@ def _loop(config, state, train_step, iterator, manager, summaries, start, last_s
     raise
   if _checkpoint_step(manager) != step:
     manager.save(checkpoint_number=step)
+  # Equal on every worker of a multi-worker run when the replicas are in sync.
+  logging.info("step %d: weights digest %s", step, weights_digest(state))
+
+
+def weights_digest(state):
+  digest = hashlib.sha256()
+  for name in sorted(state.models):
+    for weight in state.models[name].weights:
+      digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+  return digest.hexdigest()[:16]
 
 
 def _checkpoint_step(manager):
