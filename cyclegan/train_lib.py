@@ -215,7 +215,8 @@ class _Summaries:
       self.eval_b = input_pipeline.sample_images(test_b, config, count=32)
     g_a2b, g_b2a = state.models["generator_a2b"], state.models["generator_b2a"]
     # Held-out ground truth exists for the built-in dataset only.
-    self.pairs = (config.dataset == config_lib.SYNTHETIC and "testA" in domains)
+    self.pairs = (bool(config.eval_every) and config.dataset == config_lib.SYNTHETIC
+                  and "testA" in domains)
     if self.pairs:
       self.pairs_a = np.stack([domains["testA"].load(i).numpy() for i in range(domains["testA"].size)])
       self.pairs_b = np.stack([domains["testB"].load(i).numpy() for i in range(domains["testB"].size)])
