@@ -101,9 +101,30 @@ class Translator(tf.Module):
             "translate_uint8_bf16": self.translate_uint8_bf16}
 
 
+def find_versions(base):
+  """Numeric version folders of a model base path that hold a SavedModel, lowest first."""
+  if not os.path.isdir(base):
+    return []
+  return sorted(int(d) for d in os.listdir(base)
+                if d.isdigit() and os.path.isfile(os.path.join(base, d, "saved_model.pb")))
+
+
+def resolve_version(path):
+  """(SavedModel folder, version) for a base path (its highest version) or a version folder."""
+  path = os.path.normpath(path)
+  if os.path.isfile(os.path.join(path, "saved_model.pb")):
+    name = os.path.basename(path)
+    return path, int(name) if name.isdigit() else 1
+  versions = find_versions(path)
+  if not versions:
+    raise FileNotFoundError(f"{path} is not an exported model (no saved_model.pb in it or in a "
+                            "numbered version folder under it)")
+  return os.path.join(path, str(versions[-1])), versions[-1]
+
+
 def next_version(base):
-  versions = [int(d) for d in os.listdir(base) if d.isdigit()] if os.path.isdir(base) else []
-  return max(versions, default=0) + 1
+  taken = [int(d) for d in os.listdir(base) if d.isdigit()] if os.path.isdir(base) else []
+  return max(taken, default=0) + 1
 
 
 def save(generator, base, version=None):

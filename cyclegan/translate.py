@@ -53,15 +53,10 @@ class UsageError(Exception):
 
 def resolve_model(path):
   """A SavedModel folder: `path` itself, or its highest numeric version subfolder."""
-  if os.path.isfile(os.path.join(path, "saved_model.pb")):
-    return path
-  versions = sorted((int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else [])
-  for version in reversed(versions):
-    candidate = os.path.join(path, str(version))
-    if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
-      return candidate
-  raise UsageError(f"--model {path} is not an exported model (no saved_model.pb in it or in a "
-                   "numbered version folder under it)")
+  try:
+    return export.resolve_version(path)[0]
+  except FileNotFoundError as e:
+    raise UsageError(f"--model {e}") from None
 
 
 def find_inputs(path):
