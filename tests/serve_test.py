@@ -279,6 +279,8 @@ def test_grpc_predict_request_from_tensorflow_serving_api(server, grpc_port, sav
 def test_page_in_headless_chromium(server, saved, tmp_path):
   chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
   if not (chromium and driver):
+    if os.environ.get("CI"):
+      pytest.fail(".ci/run should have installed chromium and chromium-driver")
     pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
   from selenium import webdriver
   from selenium.webdriver.common.by import By

@@ -109,22 +109,25 @@ def main(argv):
             p50 / bare - 1, 4)}), flush=True)
         _stats("http_translate_raw", _timed(translate, FLAGS.requests))
 
-      def one_client(_):
-        with httpx.Client(base_url=url, timeout=600) as client:
-          times = []
-          for _ in range(FLAGS.per_client):
-            start = time.perf_counter()
-            client.post("/v1/models/bench:predict", json=body).raise_for_status()
-            times.append(time.perf_counter() - start)
-          return times
+      requests = {"predict": dict(url="/v1/models/bench:predict", json=body),
+                  "translate": dict(url="/v1/models/bench:translate", content=png)}
+      for endpoint, request in requests.items():
+        def one_client(_):
+          with httpx.Client(base_url=url, timeout=600) as client:
+            times = []
+            for _ in range(FLAGS.per_client):
+              start = time.perf_counter()
+              client.post(**request).raise_for_status()
+              times.append(time.perf_counter() - start)
+            return times
 
-      start = time.perf_counter()
-      with concurrent.futures.ThreadPoolExecutor(FLAGS.clients) as pool:
-        times = sum(pool.map(one_client, range(FLAGS.clients)), [])
-      wall = time.perf_counter() - start
-      _stats(f"http_predict_{FLAGS.clients}_clients", times,
-             images_per_s=round(len(times) / wall, 3),
-             bare_sequential_images_per_s=round(1 / bare, 3))
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(FLAGS.clients) as pool:
+          times = sum(pool.map(one_client, range(FLAGS.clients)), [])
+        wall = time.perf_counter() - start
+        _stats(f"http_{endpoint}_{FLAGS.clients}_clients", times, max_batch=FLAGS.max_batch,
+               images_per_s=round(len(times) / wall, 3),
+               bare_sequential_images_per_s=round(1 / bare, 3))
     finally:
       process.send_signal(signal.SIGTERM)
       process.wait(timeout=120)
