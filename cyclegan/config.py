@@ -66,9 +66,15 @@ class Config:
   strategy: str = _field("auto", "tf.distribute strategy; auto = mirrored with >1 GPU, else default.",
                          ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu"))
   tpu: str = _field("", "TPU address for --strategy tpu (empty: the local TPU).")
-  precision: str = _field("fp32", "Compute precision (weights stay float32).",
-                          ("fp32", "bf16", "fp16"))
-  jit_compile: bool = _field(False, "Compile the train step with XLA.")
+  precision: str = _field(
+      "auto", "Compute precision (weights stay float32). auto: bf16 on GPUs with bf16 (compute "
+      "capability 8+) and, for models big enough to gain, on CPUs with AVX512_BF16/AMX; fp16 with "
+      "loss scaling on older GPUs (7.x); fp32 elsewhere.", ("auto", "fp32", "bf16", "fp16"))
+  jit_compile: bool = _field(False, "Compile the train step with XLA (slower on CPU: measured).")
+  graph_optimizer: str = _field(
+      "auto", "TensorFlow's graph optimizer (Grappler). auto: off for big models on CPU-only "
+      "machines (it adds 4-8 s to their first step and nothing to the step time), else on.",
+      ("auto", "on", "off"))
   max_steps: int = _field(0, "Stop after this many steps in total (0: the full schedule).")
   checkpoint_every: int = _field(1000, "Save a checkpoint every this many steps.")
   keep_checkpoints: int = _field(3, "Checkpoints to keep.")

@@ -288,8 +288,8 @@ def _checkpoint_dir(workdir, chief):
 def train(config, strategy=None):
   """Trains (or resumes) in config.workdir; exports when done. Returns the export paths."""
   workdir = config.resolved_workdir
-  distribute.set_precision(config.precision)
   strategy = strategy or distribute.make_strategy(config.strategy, config.tpu)
+  requested, config = config, distribute.configure(config, strategy.num_replicas_in_sync)
   if config.batch_size % strategy.num_replicas_in_sync:
     raise config_lib.ConfigError(
         f"batch_size {config.batch_size} is not a multiple of the {strategy.num_replicas_in_sync} "
@@ -319,7 +319,7 @@ def train(config, strategy=None):
     _init_generators(config, state)
   manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, config.keep_checkpoints)
   if chief:
-    config_lib.save(config, os.path.join(workdir, "config.json"))
+    config_lib.save(requested, os.path.join(workdir, "config.json"))  # `auto` stays auto.
 
   start = int(state.step.numpy())
   dataset = strategy.distribute_datasets_from_function(

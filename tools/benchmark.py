@@ -31,12 +31,16 @@ flags.DEFINE_enum("what", "train", ["train", "translate", "input"],
                   "train: one full iteration; translate: generator forward; input: tf.data only.")
 flags.DEFINE_integer("size", 256, "Square image side.")
 flags.DEFINE_integer("batch_size", 1, "Global batch size.")
-flags.DEFINE_enum("precision", "fp32", ["fp32", "bf16", "fp16"], "Compute precision.")
+flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16", "fp16"],
+                  "Compute precision (auto: as cyclegan.train picks it for this machine).")
+flags.DEFINE_enum("graph_optimizer", "auto", ["auto", "on", "off"],
+                  "Grappler (auto: as cyclegan.train picks it for this machine).")
 flags.DEFINE_string("strategy", "default", "tf.distribute strategy (see cyclegan.train --help).")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the step.")
 flags.DEFINE_integer("steps", 5, "Timed steps after the warm-up step.")
 flags.DEFINE_integer("ngf", 64, "Generator width.")
 flags.DEFINE_integer("n_blocks", 9, "Generator residual blocks.")
+flags.DEFINE_integer("ndf", 64, "Discriminator width.")
 flags.DEFINE_string("dataset", "synthetic", "For --what input: any --dataset of cyclegan.train.")
 FLAGS = flags.FLAGS
 
@@ -58,12 +62,12 @@ def _config():
   return config_lib.make_config(dict(
       crop_size=FLAGS.size, load_size=max(286, FLAGS.size), batch_size=FLAGS.batch_size,
       precision=FLAGS.precision, strategy=FLAGS.strategy, jit_compile=FLAGS.jit_compile,
-      ngf=FLAGS.ngf, n_blocks=FLAGS.n_blocks, dataset=FLAGS.dataset,
+      ngf=FLAGS.ngf, n_blocks=FLAGS.n_blocks, ndf=FLAGS.ndf, dataset=FLAGS.dataset,
+      graph_optimizer=FLAGS.graph_optimizer,
       synthetic_size=max(72, FLAGS.size)))
 
 
 def bench_train(config):
-  distribute.set_precision(config.precision)
   strategy = distribute.make_strategy(config.strategy)
   shape = [config.batch_size, config.crop_size, config.crop_size, 3]
   batch = {"a": tf.random.uniform(shape, -1, 1), "b": tf.random.uniform(shape, -1, 1)}
@@ -77,7 +81,6 @@ def bench_train(config):
 
 
 def bench_translate(config):
-  distribute.set_precision(config.precision)
   generator = models.resnet_generator(config.ngf, config.n_blocks)
   images = tf.random.uniform([config.batch_size, config.crop_size, config.crop_size, 3], -1, 1)
   forward = tf.function(lambda x: generator(x, training=False), jit_compile=config.jit_compile)
@@ -97,13 +100,14 @@ def bench_input(config):
 
 def main(argv):
   del argv
-  config = _config()
+  config = distribute.configure(_config())
   bench = {"train": bench_train, "translate": bench_translate, "input": bench_input}[FLAGS.what]
   first, times = bench(config)
   median = statistics.median(times)
   print(json.dumps({
       "what": FLAGS.what, "size": FLAGS.size, "batch_size": FLAGS.batch_size,
-      "precision": FLAGS.precision, "strategy": FLAGS.strategy, "jit_compile": FLAGS.jit_compile,
+      "precision": config.precision, "requested_precision": FLAGS.precision,
+      "graph_optimizer": FLAGS.graph_optimizer, "ndf": FLAGS.ndf, "strategy": FLAGS.strategy, "jit_compile": FLAGS.jit_compile,
       "ngf": FLAGS.ngf, "n_blocks": FLAGS.n_blocks, "device": "gpu" if tf.config.list_physical_devices("GPU") else "cpu",
       "median_s": round(median, 4), "images_per_s": round(FLAGS.batch_size / median, 3),
       "min_s": round(min(times), 4), "max_s": round(max(times), 4), "steps": len(times),
