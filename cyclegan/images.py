@@ -70,16 +70,21 @@ def output_format(input_path, requested):
   return "jpg" if input_path.lower().endswith((".jpg", ".jpeg")) else "png"
 
 
-def write_image(path, rgb, alpha, fmt):
-  """Atomically writes `rgb` (plus `alpha` where the format keeps it)."""
+def save_image(f, rgb, alpha, fmt):
+  """Encodes `rgb` (plus `alpha` where the format keeps it) into the file object `f`."""
   image = Image.fromarray(rgb)
   if alpha is not None and fmt in ALPHA_FORMATS:
     image = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+  image.save(f, FORMATS[fmt], **({"quality": 95} if fmt == "jpg" else {}))
+
+
+def write_image(path, rgb, alpha, fmt):
+  """Atomically writes `rgb` (plus `alpha` where the format keeps it)."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
   try:
     with os.fdopen(fd, "wb") as f:
-      image.save(f, FORMATS[fmt], **({"quality": 95} if fmt == "jpg" else {}))
+      save_image(f, rgb, alpha, fmt)
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)

@@ -27,7 +27,6 @@ from absl import app, flags, logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import uvicorn  # noqa: E402
 from google.protobuf import json_format  # noqa: E402
@@ -132,11 +131,8 @@ async def uploaded_image(request, body):
 
 
 def encode_image(rgb, alpha, fmt):
-  image = Image.fromarray(rgb)
-  if alpha is not None and fmt in images_lib.ALPHA_FORMATS:
-    image = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
   buffer = io.BytesIO()
-  image.save(buffer, images_lib.FORMATS[fmt], **({"quality": 95} if fmt == "jpg" else {}))
+  images_lib.save_image(buffer, rgb, alpha, fmt)
   return buffer.getvalue()
 
 
