@@ -65,7 +65,7 @@ class ModelRunner:
     self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"model-{name}")
     self._queue = None
     self._worker = None
-    self.batch_sizes = collections.Counter()  # requests per model call, for the benchmark
+    self.batch_sizes = collections.Counter()  # requests per model call: shows batching works
 
   def call(self, signature, inputs):
     """Runs one signature synchronously; {name: np.ndarray} -> {name: np.ndarray}."""

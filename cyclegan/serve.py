@@ -79,29 +79,28 @@ def image_pixels(data):
     return None
 
 
+def require_pixels_within(pixels, max_pixels):
+  """Raises TooLarge for an image of more than max_pixels pixels."""
+  if pixels > max_pixels:
+    raise rest.TooLarge(f"an image has {pixels} pixels, more than the server's limit of "
+                        f"{max_pixels} (--max_pixels); downscale it, or use cyclegan.translate, "
+                        "which tiles large images")
+
+
 def check_pixels(inputs, signature, max_pixels):
   """Raises TooLarge if any image in the inputs has more than max_pixels pixels."""
   for name, array in inputs.items():
-    spec = signature.inputs[name]
-    if spec.dtype == tf.string:
+    if signature.inputs[name].dtype == tf.string:
       sizes = [image_pixels(v) for v in array.reshape(-1)]
-      worst = max((s for s in sizes if s is not None), default=0)
+      require_pixels_within(max((s for s in sizes if s is not None), default=0), max_pixels)
     elif array.ndim == 4:
-      worst = array.shape[1] * array.shape[2]
-    else:
-      continue
-    if worst > max_pixels:
-      raise rest.TooLarge(f"an image has {worst} pixels, more than the server's limit of "
-                     f"{max_pixels} (--max_pixels); downscale it, or use cyclegan.translate, "
-                     "which tiles large images")
+      require_pixels_within(array.shape[1] * array.shape[2], max_pixels)
 
 
 async def read_body(request, limit):
   """The request body, or TooLarge past `limit` bytes (the rest is read and dropped so that
   the client, still sending, gets the 413 instead of a broken connection)."""
   length = request.headers.get("content-length", "")
-  too_large = rest.TooLarge(f"the request body is larger than the server's limit of {limit} bytes "
-                       "(--max_body_mb)")
   chunks, size = [], 0
   async for chunk in request.stream():
     size += len(chunk)
@@ -110,7 +109,8 @@ async def read_body(request, limit):
     elif size > 8 * limit:  # Stop reading; the connection closes.
       break
   if size > limit or (length.isdigit() and int(length) > limit):
-    raise too_large
+    raise rest.TooLarge(f"the request body is larger than the server's limit of {limit} bytes "
+                        "(--max_body_mb)")
   return b"".join(chunks)
 
 
@@ -223,9 +223,7 @@ class Server:
     if pixels is None:
       raise rest.RequestError("the upload is not an image Pillow can read (JPEG, PNG, WebP, "
                               "TIFF, BMP, GIF, ...)")
-    if pixels > self.max_pixels:
-      raise rest.TooLarge(f"the image has {pixels} pixels, more than the server's limit of "
-                     f"{self.max_pixels} (--max_pixels)")
+    require_pixels_within(pixels, self.max_pixels)
     try:
       rgb, alpha = await run_in_threadpool(images_lib.read_image, io.BytesIO(data))
     except images_lib.ImageReadError as e:
@@ -293,11 +291,8 @@ def load_runners(model_dir, models, max_batch):
     paths[name] = path
   if not paths:
     raise ValueError("nothing to serve: pass --model_dir saved_models/<name> or --model NAME=PATH")
-  runners = {}
-  for name, path in paths.items():
-    export.resolve_version(path)  # A clear error before TensorFlow's.
-    runners[name] = runner_lib.ModelRunner(name, path, max_batch)
-  return runners
+  # ModelRunner resolves each path before loading: a bad one is a clear FileNotFoundError.
+  return {name: runner_lib.ModelRunner(name, path, max_batch) for name, path in paths.items()}
 
 
 def listen(host, port):
