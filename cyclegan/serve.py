@@ -200,8 +200,9 @@ class Server:
       parsed = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise rest.RequestError(f"the body is not valid JSON: {e}") from None
-    name = parsed.get("signature_name", "serving_default") if isinstance(parsed, dict) else None
-    signature = runner.signatures.get(name or "serving_default")
+    name = parsed.get("signature_name") if isinstance(parsed, dict) else None
+    signature = runner.signatures.get(name or "serving_default") if (
+        name is None or isinstance(name, str)) else None
     if signature is None:
       raise rest.RequestError(f"model {runner.name!r} has no signature {name!r}; it has: "
                               f"{', '.join(sorted(runner.signatures))}")

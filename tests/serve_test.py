@@ -194,6 +194,8 @@ def test_status_and_metadata_as_tf_serving_writes_them(client, export_dir):
      400, "Unknown image file format"),
     ("POST", "/v1/models/a2b:predict", {"json": {"signature_name": "nope", "instances": [1]}},
      400, "has no signature 'nope'"),
+    ("POST", "/v1/models/a2b:predict", {"json": {"signature_name": ["x"], "instances": [1]}},
+     400, "has no signature ['x']"),
     ("POST", "/v1/models/a2b:predict", {"json": {"signature_name": "translate_uint8",
                                                  "instances": [[1, 2, 3]]}}, 400, "shape"),
     ("POST", "/v1/models/a2b:translate", {"content": b"GIF89a but not really"}, 400,
