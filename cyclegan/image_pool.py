@@ -1,9 +1,14 @@
 """The reference's history of generated images, kept in the graph.
 
 Discriminators see a mix of current and past fakes (Shrivastava et al. 2017). The pool lives in
-variables so that it runs inside the compiled train step, is saved in checkpoints, and, being
-sync-on-read, is private to each replica as in the reference's one-process-per-GPU setup.
-Randomness is stateless and keyed by the caller's seed, so a resumed run makes the same choices.
+variables so that it runs inside the compiled train step and is saved in checkpoints. Images
+are stored flattened, back to back, each with its own shape, so the pool works for every
+preprocessing mode, also when image sizes vary (as the reference's list of tensors does).
+
+Each replica keeps its own pool (sync-on-read variables), as in the reference's one process
+per GPU, and a checkpoint holds every replica's pool, not only the first one's: checkpoints
+save sync-on-read variables as one value, so the pool serializes itself. Randomness is
+stateless and keyed by the caller's seed, so a resumed run makes the same choices.
 """
 
 import tensorflow as tf
@@ -11,17 +16,27 @@ import tensorflow as tf
 
 class ImagePool(tf.Module):
 
-  def __init__(self, pool_size, image_shape, name=None):
+  def __init__(self, pool_size, name=None):
     super().__init__(name=name)
     self.pool_size = pool_size
+    self._strategy = tf.distribute.get_strategy()
     local = dict(trainable=False,
                  synchronization=tf.VariableSynchronization.ON_READ,
                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    self.images = tf.Variable(tf.zeros([pool_size, *image_shape]), name="images", **local)
-    self.count = tf.Variable(0, dtype=tf.int32, name="count", **local)
+    # Untracked: _serialize_to_tensors saves them, for every replica.
+    self._pixels = self._no_dependency(
+        tf.Variable(tf.zeros([0]), shape=[None], name="pixels", **local))
+    self._shapes = self._no_dependency(
+        tf.Variable(tf.zeros([pool_size, 3], tf.int32), name="shapes", **local))
+    self.count = self._no_dependency(tf.Variable(0, dtype=tf.int32, name="count", **local))
 
   def query(self, images, seed):
-    """Returns a batch like `images`; stores them. seed: int32 [2], new for every call."""
+    """Returns a batch like `images`; stores them. seed: int32 [2], new for every call.
+
+    While the pool fills, every image comes back and is stored. Once it is full, each image
+    has an even chance to be swapped for a random stored one (which it replaces in its slot)
+    or to come back itself, leaving the pool as it was.
+    """
     if self.pool_size == 0:
       return images
     images = tf.cast(images, tf.float32)
@@ -39,13 +54,48 @@ class ImagePool(tf.Module):
         self.count.assign_add(1)
         out = image
       elif coin > 0.5:
-        out = tf.gather(self.images, slot)
+        out = self.image(slot)
         self._store(slot, image)
       else:
         out = image
       outputs = outputs.write(i, out)
     return outputs.stack()
 
+  def _span(self, slot):
+    sizes = tf.reduce_prod(self._shapes, axis=1)
+    start = tf.reduce_sum(sizes[:slot])
+    return start, start + sizes[slot]
+
+  def image(self, slot):
+    """The image stored in `slot` (this replica's)."""
+    start, end = self._span(slot)
+    return tf.reshape(self._pixels[start:end], self._shapes[slot])
+
   def _store(self, slot, image):
-    # Sync-on-read variables take whole assignments only (no scatter).
-    self.images.assign(tf.tensor_scatter_nd_update(self.images, slot[None, None], image[None]))
+    # Sync-on-read variables take whole assignments only (no scatter), and sizes may differ.
+    start, end = self._span(slot)
+    self._pixels.assign(tf.concat(
+        [self._pixels[:start], tf.reshape(image, [-1]), self._pixels[end:]], axis=0))
+    self._shapes.assign(tf.tensor_scatter_nd_update(self._shapes, slot[None, None],
+                                                    tf.shape(image)[None]))
+
+  def _replica_values(self):
+    local = lambda v: self._strategy.experimental_local_results(v)
+    return local(self._pixels), local(self._shapes), local(self.count)
+
+  def _serialize_to_tensors(self):
+    pixels, shapes, counts = self._replica_values()
+    return {"pixels": tf.concat([p.read_value() for p in pixels], 0),
+            "lengths": tf.stack([tf.size(p, out_type=tf.int64) for p in pixels]),
+            "shapes": tf.stack([s.read_value() for s in shapes]),
+            "count": tf.stack([c.read_value() for c in counts])}
+
+  def _restore_from_tensors(self, restored_tensors):
+    """Replica i gets saved pool i (i modulo the saved count when the replica count changed)."""
+    saved = tf.split(restored_tensors["pixels"], restored_tensors["lengths"])
+    ops = []
+    for i, (pixels, shapes, count) in enumerate(zip(*self._replica_values())):
+      j = i % len(saved)
+      ops += [pixels.assign(saved[j]), shapes.assign(restored_tensors["shapes"][j]),
+              count.assign(restored_tensors["count"][j])]
+    return tf.group(ops)

@@ -10,7 +10,16 @@ import contextlib
 import keras
 import tensorflow as tf
 
-WEIGHT_INIT = keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
+
+
+def weight_init():
+  """N(0, 0.02), a new initializer per layer.
+
+  A Keras initializer draws the same values on every call, from a seed it takes from Python's
+  `random` when it is made: one shared instance gives every layer of a shape (both generators,
+  all residual blocks) the same weights, from a seed no config controls.
+  """
+  return keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
 
 
 @keras.saving.register_keras_serializable(package="cyclegan")
@@ -65,7 +74,7 @@ def instance_norm(name):
 def conv(filters, kernel_size, strides=1, name=None):
   return keras.layers.Conv2D(
       filters, kernel_size, strides=strides, padding="valid",
-      kernel_initializer=WEIGHT_INIT, bias_initializer="zeros", name=name)
+      kernel_initializer=weight_init(), bias_initializer="zeros", name=name)
 
 
 def _residual_block(x, filters, name):
@@ -82,7 +91,7 @@ def _residual_block(x, filters, name):
 def _upsample(x, filters, name):
   """ConvTranspose2d(k3, s2, p1, output_padding=1) == 'valid' transposed conv minus first row/col."""
   x = keras.layers.Conv2DTranspose(
-      filters, 3, strides=2, padding="valid", kernel_initializer=WEIGHT_INIT,
+      filters, 3, strides=2, padding="valid", kernel_initializer=weight_init(),
       bias_initializer="zeros", name=f"{name}_deconv")(x)
   x = keras.layers.Cropping2D(((1, 0), (1, 0)), name=f"{name}_crop")(x)
   x = instance_norm(f"{name}_norm")(x)

@@ -90,20 +90,15 @@ def _optimizer(config, steps_per_epoch):
   return optimizer
 
 
-def create_state(config, steps_per_epoch, pool_shape):
-  """Builds models, optimizers and pools; call inside the strategy's scope.
-
-  pool_shape: the training images' [H, W, 3], or None when sizes vary (pools are then off).
-  """
+def create_state(config, steps_per_epoch):
+  """Builds models, optimizers and pools; call inside the strategy's scope."""
   keras.utils.set_random_seed(config.seed)
   state = TrainState(
       models=models.build_models(config),
       optimizer_g=_optimizer(config, steps_per_epoch),
       optimizer_d=_optimizer(config, steps_per_epoch),
-      pool_a=image_pool.ImagePool(config.pool_size if pool_shape else 0, pool_shape or [1, 1, 3],
-                                  name="pool_a"),
-      pool_b=image_pool.ImagePool(config.pool_size if pool_shape else 0, pool_shape or [1, 1, 3],
-                                  name="pool_b"),
+      pool_a=image_pool.ImagePool(config.pool_size, name="pool_a"),
+      pool_b=image_pool.ImagePool(config.pool_size, name="pool_b"),
       step=tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA))
   # Slots exist before a restore, so that restoring is complete and checkable.
@@ -133,12 +128,13 @@ def generator_losses(config, state, real_a, real_b):
   return terms, fake_a, fake_b
 
 
-def _apply(optimizer, tape, loss, variables):
-  if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-    grads = tape.gradient(optimizer.scale_loss(loss), variables)
-  else:
-    grads = tape.gradient(loss, variables)
-  optimizer.apply(grads, variables)
+def _minimize(optimizer, tape, scaled_loss, variables):
+  """One update from a loss already passed through `optimizer.scale_loss` inside the tape.
+
+  For fp16 that scale is the LossScaleOptimizer's: it unscales the gradients and, when they
+  are not finite, skips the update and lowers the scale.
+  """
+  optimizer.apply(tape.gradient(scaled_loss, variables), variables)
 
 
 def make_train_step(config, state, strategy):
@@ -153,7 +149,8 @@ def make_train_step(config, state, strategy):
     with tf.GradientTape() as tape:
       terms, fake_a, fake_b = generator_losses(config, state, real_a, real_b)
       g_loss = average(tf.add_n(list(terms.values())))
-    _apply(state.optimizer_g, tape, g_loss, state.generator_variables)
+      scaled_g_loss = state.optimizer_g.scale_loss(g_loss)
+    _minimize(state.optimizer_g, tape, scaled_g_loss, state.generator_variables)
 
     replica = tf.distribute.get_replica_context().replica_id_in_sync_group
     seed = tf.random.experimental.stateless_fold_in(
@@ -171,7 +168,8 @@ def make_train_step(config, state, strategy):
                                            config.gan_mode),
       }
       d_loss = average(d_terms["d_a"] + d_terms["d_b"])
-    _apply(state.optimizer_d, tape, d_loss, state.discriminator_variables)
+      scaled_d_loss = state.optimizer_d.scale_loss(d_loss)
+    _minimize(state.optimizer_d, tape, scaled_d_loss, state.discriminator_variables)
     out = {k: average(v) for k, v in {**terms, **d_terms}.items()}
     out["g_total"], out["d_total"] = g_loss, d_loss
     return out
@@ -301,13 +299,9 @@ def train(config, strategy=None):
                                  "sizes: use --batch_size 1 or --preprocess resize_and_crop")
   per_epoch = input_pipeline.steps_per_epoch(domains, config.batch_size)
   last_step = total_steps(config, per_epoch)
-  pool_shape = [config.crop_size, config.crop_size, 3] if input_pipeline.fixed_size(config) else None
-  if config.pool_size and not pool_shape:
-    logging.warning("image pool off: --preprocess %s gives images of different sizes",
-                    config.preprocess)
 
   with strategy.scope():
-    state = create_state(config, per_epoch, pool_shape)
+    state = create_state(config, per_epoch)
   checkpoint = state.checkpoint()
   os.makedirs(workdir, exist_ok=True)
   checkpoint_dir = _checkpoint_dir(workdir, chief)

@@ -1,5 +1,6 @@
 """Shared fixtures: two logical CPUs (for strategy tests) and tiny configs for behaviour tests."""
 
+import importlib.util
 import os
 import pathlib
 
@@ -28,6 +29,14 @@ def tiny_config(tmp_path, **overrides):
       workdir=str(tmp_path / "workdir"), export_dir=str(tmp_path / "export"), export=False)
   values.update(overrides)
   return config_lib.make_config(values)
+
+
+def load_tool(name):
+  """A script from tools/ as a module (tools/ is not a package)."""
+  spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 @pytest.fixture

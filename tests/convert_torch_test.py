@@ -1,6 +1,5 @@
 """Importing PyTorch generator checkpoints: parity with PyTorch, and clear refusals."""
 
-import importlib.util
 import os
 import pickle
 import subprocess
@@ -11,7 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import REPO, tiny_config
+from conftest import REPO, load_tool, tiny_config
 
 torch = pytest.importorskip("torch", reason="PyTorch is the optional [torch] extra")
 
@@ -19,9 +18,7 @@ from cyclegan import convert_torch  # noqa: E402
 from cyclegan import train_lib  # noqa: E402
 from cyclegan.config import ConfigError  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location("torch_reference", REPO / "tools" / "torch_reference.py")
-torch_reference = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(torch_reference)
+torch_reference = load_tool("torch_reference")
 
 
 def _state_dict(ngf=64, n_blocks=9, use_dropout=False, seed=0):

@@ -74,7 +74,7 @@ def bench_train(config):
   dataset = tf.data.Dataset.from_tensors(batch).unbatch().batch(
       config.batch_size // strategy.num_replicas_in_sync).repeat()
   with strategy.scope():
-    state = train_lib.create_state(config, 1000, shape[1:])
+    state = train_lib.create_state(config, 1000)
   step = train_lib.make_train_step(config, state, strategy)
   iterator = iter(strategy.experimental_distribute_dataset(dataset))
   return _timed(lambda: float(step(next(iterator))["g_total"]), FLAGS.steps)

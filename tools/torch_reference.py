@@ -3,9 +3,10 @@
   pip install torch==2.13.0
   python tools/torch_reference.py --size 256 --steps 5
 
-Written from the layer list and recipe in shared/REFERENCE.md (ResNet-9, 70x70 PatchGAN, LSGAN,
-cycle + identity, image pool, two Adams), in the reference's order of operations. Prints one
-JSON line like tools/benchmark.py; `--what translate` times one generator forward instead.
+Written from the reference's published architecture and recipe (ResNet-9, 70x70 PatchGAN, LSGAN
+or BCE, cycle + identity, image pool, two Adams, linear lr decay), in the reference's order of
+operations and with its names. The tests import it to check our iteration against it. Prints
+one JSON line like tools/benchmark.py; `--what translate` times one generator forward instead.
 """
 
 import argparse
@@ -57,10 +58,14 @@ def patch_discriminator(ndf=64, n_layers=3):
 
 
 class Pool:
+  """The reference's ImagePool; size 0 passes images through."""
+
   def __init__(self, size=50):
     self.size, self.images = size, []
 
   def query(self, image):
+    if self.size == 0:
+      return image
     if len(self.images) < self.size:
       self.images.append(image)
       return image
@@ -71,6 +76,77 @@ class Pool:
     return image
 
 
+def adam(params):
+  return torch.optim.Adam(params, 2e-4, betas=(0.5, 0.999))
+
+
+def linear_scheduler(optimizer, n_epochs=100, n_epochs_decay=100, epoch_count=1):
+  """The reference's `linear` lr policy, stepped once per epoch by its training loop."""
+  def rule(epoch):
+    return 1.0 - max(0, epoch + epoch_count - n_epochs) / float(n_epochs_decay + 1)
+  return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=rule)
+
+
+class CycleGAN:
+  """The reference's CycleGANModel as one training iteration uses it.
+
+  Names as the reference's: G_A maps A->B, G_B maps B->A, D_A judges domain B (fake_B vs
+  real_B), D_B judges domain A.
+  """
+
+  def __init__(self, ngf=64, n_blocks=9, ndf=64, n_layers_d=3, gan_mode="lsgan", lambda_a=10.0,
+               lambda_b=10.0, lambda_identity=0.5, pool_size=50, optimizer=adam):
+    self.G_A, self.G_B = resnet_generator(ngf, n_blocks), resnet_generator(ngf, n_blocks)
+    self.D_A, self.D_B = patch_discriminator(ndf, n_layers_d), patch_discriminator(ndf, n_layers_d)
+    self.optimizer_G = optimizer(list(self.G_A.parameters()) + list(self.G_B.parameters()))
+    self.optimizer_D = optimizer(list(self.D_A.parameters()) + list(self.D_B.parameters()))
+    self.criterion_gan = nn.MSELoss() if gan_mode == "lsgan" else nn.BCEWithLogitsLoss()
+    self.l1 = nn.L1Loss()
+    self.lambda_a, self.lambda_b, self.lambda_identity = lambda_a, lambda_b, lambda_identity
+    self.fake_A_pool, self.fake_B_pool = Pool(pool_size), Pool(pool_size)
+
+  def gan(self, prediction, target_is_real):
+    target = torch.ones_like(prediction) if target_is_real else torch.zeros_like(prediction)
+    return self.criterion_gan(prediction, target)
+
+  def set_requires_grad(self, nets, requires_grad):
+    for net in nets:
+      for p in net.parameters():
+        p.requires_grad_(requires_grad)
+
+  def backward_d(self, net_d, real, fake):
+    loss = (self.gan(net_d(real), True) + self.gan(net_d(fake.detach()), False)) * 0.5
+    loss.backward()
+    return loss
+
+  def optimize_parameters(self, real_A, real_B):
+    """One iteration; returns every loss term as a float, by the reference's names."""
+    fake_B = self.G_A(real_A)
+    rec_A = self.G_B(fake_B)
+    fake_A = self.G_B(real_B)
+    rec_B = self.G_A(fake_A)
+    self.set_requires_grad([self.D_A, self.D_B], False)
+    self.optimizer_G.zero_grad()
+    losses = {}
+    if self.lambda_identity > 0:
+      losses["idt_A"] = self.l1(self.G_A(real_B), real_B) * self.lambda_b * self.lambda_identity
+      losses["idt_B"] = self.l1(self.G_B(real_A), real_A) * self.lambda_a * self.lambda_identity
+    losses["G_A"] = self.gan(self.D_A(fake_B), True)
+    losses["G_B"] = self.gan(self.D_B(fake_A), True)
+    losses["cycle_A"] = self.l1(rec_A, real_A) * self.lambda_a
+    losses["cycle_B"] = self.l1(rec_B, real_B) * self.lambda_b
+    loss_G = sum(losses.values())
+    loss_G.backward()
+    self.optimizer_G.step()
+    self.set_requires_grad([self.D_A, self.D_B], True)
+    self.optimizer_D.zero_grad()
+    losses["D_A"] = self.backward_d(self.D_A, real_B, self.fake_B_pool.query(fake_B))
+    losses["D_B"] = self.backward_d(self.D_B, real_A, self.fake_A_pool.query(fake_A))
+    self.optimizer_D.step()
+    losses["G"] = loss_G
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--size", type=int, default=256, help="Square image side.")
@@ -78,45 +154,18 @@ def main():
   parser.add_argument("--what", choices=["train", "translate"], default="train",
                       help="train: one full iteration; translate: one generator forward.")
   args = parser.parse_args()
-  g_a, g_b = resnet_generator(), resnet_generator()
-  d_a, d_b = patch_discriminator(), patch_discriminator()
-  opt_g = torch.optim.Adam(list(g_a.parameters()) + list(g_b.parameters()), 2e-4, betas=(0.5, 0.999))
-  opt_d = torch.optim.Adam(list(d_a.parameters()) + list(d_b.parameters()), 2e-4, betas=(0.5, 0.999))
-  mse, l1 = nn.MSELoss(), nn.L1Loss()
-  pool_a, pool_b = Pool(), Pool()
+  model = CycleGAN()
   real_a = torch.rand(1, 3, args.size, args.size) * 2 - 1
   real_b = torch.rand(1, 3, args.size, args.size) * 2 - 1
 
-  def gan(pred, real):
-    return mse(pred, torch.ones_like(pred) if real else torch.zeros_like(pred))
-
   def train_step():
-    fake_b = g_a(real_a)
-    rec_a = g_b(fake_b)
-    fake_a = g_b(real_b)
-    rec_b = g_a(fake_a)
-    for p in list(d_a.parameters()) + list(d_b.parameters()):
-      p.requires_grad_(False)
-    opt_g.zero_grad()
-    loss_g = (gan(d_a(fake_b), True) + gan(d_b(fake_a), True) + 10 * l1(rec_a, real_a) +
-              10 * l1(rec_b, real_b) + 5 * l1(g_a(real_b), real_b) + 5 * l1(g_b(real_a), real_a))
-    loss_g.backward()
-    opt_g.step()
-    for p in list(d_a.parameters()) + list(d_b.parameters()):
-      p.requires_grad_(True)
-    opt_d.zero_grad()
-    fb, fa = pool_b.query(fake_b.detach()), pool_a.query(fake_a.detach())
-    loss_d = (0.5 * (gan(d_a(real_b), True) + gan(d_a(fb), False)) +
-              0.5 * (gan(d_b(real_a), True) + gan(d_b(fa), False)))
-    loss_d.backward()
-    opt_d.step()
-    return float(loss_g.detach())
+    return model.optimize_parameters(real_a, real_b)
 
   def translate_step():
     with torch.no_grad():
-      return g_a(real_a)
+      return model.G_A(real_a)
 
-  g_a.train(args.what == "train")
+  model.G_A.train(args.what == "train")
   step = train_step if args.what == "train" else translate_step
 
   start = time.perf_counter()
