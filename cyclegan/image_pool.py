@@ -41,7 +41,8 @@ class ImagePool(tf.Module):
       return images
     images = tf.cast(images, tf.float32)
     batch = tf.shape(images)[0]
-    outputs = tf.TensorArray(tf.float32, size=batch, element_shape=images.shape[1:])
+    # A stored image may have another size than `images` (batch 1, variable-size modes).
+    outputs = tf.TensorArray(tf.float32, size=batch, infer_shape=False)
     for i in tf.range(batch):
       image = images[i]
       draw_seed = tf.random.experimental.stateless_fold_in(seed, i)
@@ -59,7 +60,9 @@ class ImagePool(tf.Module):
       else:
         out = image
       outputs = outputs.write(i, out)
-    return outputs.stack()
+    stacked = outputs.stack()
+    stacked.set_shape([images.shape[0], None, None, images.shape[-1]])
+    return stacked
 
   def _span(self, slot):
     sizes = tf.reduce_prod(self._shapes, axis=1)

@@ -80,14 +80,19 @@ def test_one_step_through_the_real_tfds_builder(tmp_path, monkeypatch):
   assert saved["dataset"] == "monet2photo" and saved["ngf"] == 4
 
 
-def test_resume_equals_an_uninterrupted_run(tmp_path):
-  straight = tiny_config(tmp_path / "straight", max_steps=6, checkpoint_every=100)
+@pytest.mark.parametrize("strategy,batch_size", [("default", 1), ("mirrored", 2)])
+def test_resume_equals_an_uninterrupted_run(tmp_path, strategy, batch_size):
+  """Mirrored: each replica keeps its own pool, and the checkpoint must give each its own back."""
+  run = lambda name, steps: tiny_config(tmp_path / name, max_steps=steps, checkpoint_every=100,
+                                        strategy=strategy, batch_size=batch_size)
+  straight = run("straight", 6)
   train_lib.train(straight)
-  split = tiny_config(tmp_path / "split", max_steps=2, checkpoint_every=100)
+  split = run("split", 2)
   train_lib.train(split)
   train_lib.train(split.replace(max_steps=6))
   want, got = _weights(straight.workdir), _weights(split.workdir)
   assert want.keys() == got.keys() and len(want) > 100 and any("pool_a" in k for k in want)
+  assert want["pool_a/.ATTRIBUTES/count"].tolist() == [3] * batch_size
   for key in want:
     np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=key)
 
@@ -137,7 +142,7 @@ def test_batch_must_split_evenly_across_replicas(tmp_path):
     train_lib.train(tiny_config(tmp_path, strategy="mirrored", batch_size=3, max_steps=1))
 
 
-def test_variable_size_preprocess_trains_with_the_pool_off(tmp_path):
+def test_variable_size_preprocess_trains_with_the_pool(tmp_path):
   rng = np.random.default_rng(0)
   for domain, sizes in (("trainA", [(40, 28), (36, 52)]), ("trainB", [(44, 44), (32, 60), (48, 36)])):
     os.makedirs(tmp_path / "data" / domain)
@@ -147,6 +152,9 @@ def test_variable_size_preprocess_trains_with_the_pool_off(tmp_path):
   config = tiny_config(tmp_path, dataset=str(tmp_path / "data"), preprocess="none", max_steps=4)
   train_lib.train(config)
   assert tf.train.latest_checkpoint(os.path.join(config.workdir, "checkpoints")).endswith("ckpt-4")
+  saved = _weights(config.workdir)
+  assert saved["pool_a/.ATTRIBUTES/count"].tolist() == [3]  # Full (pool_size 3), sizes mixed.
+  assert len({tuple(s) for s in saved["pool_b/.ATTRIBUTES/shapes"][0]}) > 1
   with pytest.raises(ConfigError, match="use --batch_size 1"):
     train_lib.train(config.replace(batch_size=2, workdir=str(tmp_path / "w2")))
 
