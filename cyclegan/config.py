@@ -32,8 +32,13 @@ class Config:
       "'monet2photo', or a folder with trainA/ and trainB/.")
   tfds_data_dir: str = _field("", "TFDS data_dir (default: TFDS's own, ~/tensorflow_datasets).")
   # Preprocessing, as the reference's options.
-  preprocess: str = _field("resize_and_crop", "Training-image preprocessing.",
-                           ("resize_and_crop", "crop", "scale_width", "none"))
+  preprocess: str = _field(
+      "resize_and_crop", "Training-image preprocessing, as the reference's: resize_and_crop "
+      "(load_size square, random crop_size crop), crop (random crop_size crop), scale_width "
+      "(width load_size, aspect kept, height at least crop_size), scale_width_and_crop (that, "
+      "then a random crop_size crop; e.g. high-resolution data), none (sides rounded to "
+      "multiples of 4). Then a random horizontal flip unless --noflip.",
+      ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none"))
   load_size: int = _field(286, "Resize to this size before cropping.")
   crop_size: int = _field(256, "Random-crop size for training.")
   flip: bool = _field(True, "Random horizontal flips in training.")
@@ -152,9 +157,9 @@ def _validate(c):
   for key in positive:
     if getattr(c, key) <= 0:
       raise ConfigError(f"{key} must be positive, got {getattr(c, key)}")
-  if c.preprocess in ("resize_and_crop", "crop") and c.crop_size % 4:
+  if "crop" in c.preprocess and c.crop_size % 4:
     raise ConfigError(f"crop_size must be a multiple of 4, got {c.crop_size}")
-  if c.preprocess == "resize_and_crop" and c.crop_size > c.load_size:
+  if c.preprocess in ("resize_and_crop", "scale_width_and_crop") and c.crop_size > c.load_size:
     raise ConfigError(f"crop_size {c.crop_size} is larger than load_size {c.load_size}")
   if c.epochs + c.epochs_decay <= 0:
     raise ConfigError("epochs + epochs_decay must be positive")

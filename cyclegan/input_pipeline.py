@@ -178,38 +178,65 @@ def _resize(image, height, width):
 
 
 def _round4(x):
-  return tf.maximum(4, tf.cast(tf.round(tf.cast(x, tf.float32) / 4.0), tf.int32) * 4)
+  """The reference's __make_power_2(base=4): round to the nearest multiple of 4 (half to even)."""
+  return tf.maximum(4, tf.cast(tf.round(tf.cast(x, tf.float64) / 4.0), tf.int32) * 4)
 
 
 def fixed_size(config):
-  """Whether training images have one shape (needed for batches > 1 and the image pool)."""
-  return config.preprocess in ("resize_and_crop", "crop")
+  """Whether training images have one shape (needed for batches > 1)."""
+  return "crop" in config.preprocess
+
+
+def resized_size(height, width, config):
+  """The size the reference resizes a training image to before cropping (int32 scalars)."""
+  load, crop = config.load_size, config.crop_size
+  if config.preprocess == "resize_and_crop":
+    return tf.constant(load), tf.constant(load)
+  if config.preprocess == "crop":  # No resize, unless smaller than the crop (the reference fails).
+    scale = tf.maximum(1.0, crop / tf.cast(tf.minimum(height, width), tf.float64))
+    grow = lambda n: tf.cast(tf.math.ceil(tf.cast(n, tf.float64) * scale), tf.int32)
+    return grow(height), grow(width)
+  if config.preprocess.startswith("scale_width"):
+    # __scale_width: width load_size, height by the aspect ratio but at least crop_size.
+    scaled = tf.cast(tf.floor(load * tf.cast(height, tf.float64) / tf.cast(width, tf.float64)),
+                     tf.int32)
+    height, width = tf.maximum(scaled, crop), tf.constant(load)
+    if config.preprocess == "scale_width_and_crop":
+      return height, width
+  # none, and scale_width's size: sides must be multiples of 4 for the generator. The
+  # reference rounds so for `none` and fails for `scale_width` when a side is not one.
+  return _round4(height), _round4(width)
+
+
+def augmentation(seed, height, width, config):
+  """(top, left, flip): the reference's random crop corner (0, 0 without a crop) and flip coin."""
+  draw = lambda k, limit: tf.random.stateless_uniform(
+      [], tf.random.experimental.stateless_fold_in(seed, k), maxval=limit, dtype=tf.int32)
+  flip = draw(2, 2) == 1
+  if not fixed_size(config):
+    return tf.constant(0), tf.constant(0), flip
+  return draw(0, height - config.crop_size + 1), draw(1, width - config.crop_size + 1), flip
 
 
 def preprocess_train(image, config, seed):
-  """uint8 [H, W, 3] -> float32 in [-1, 1], as the reference's transforms; seed: int32 [2]."""
+  """uint8 [H, W, 3] -> float32 in [-1, 1], as the reference's transforms; seed: int32 [2].
+
+  resize_and_crop: load_size square, random crop_size crop. crop: random crop at full size.
+  scale_width: width load_size, aspect kept (height at least crop_size). scale_width_and_crop:
+  that, then a random crop_size crop. none: sides rounded to multiples of 4. Then a random
+  horizontal flip unless --noflip.
+  """
+  shape = tf.shape(image)
+  height, width = resized_size(shape[0], shape[1], config)
   image = tf.cast(image, tf.float32)
-  crop = config.crop_size
-  if config.preprocess == "resize_and_crop":
-    image = _resize(image, config.load_size, config.load_size)
-  elif config.preprocess == "crop":
-    shape = tf.shape(image)
-    scale = tf.maximum(1.0, crop / tf.cast(tf.minimum(shape[0], shape[1]), tf.float32))
-    if scale > 1.0:  # Upscale just enough to crop: the reference would fail instead.
-      image = _resize(image, tf.cast(tf.math.ceil(tf.cast(shape[0], tf.float32) * scale), tf.int32),
-                      tf.cast(tf.math.ceil(tf.cast(shape[1], tf.float32) * scale), tf.int32))
-  elif config.preprocess == "scale_width":
-    shape = tf.shape(image)
-    height = tf.cast(shape[0], tf.float32) * config.load_size / tf.cast(shape[1], tf.float32)
-    image = _resize(image, _round4(height), _round4(config.load_size))
-  else:  # none: keep the size, rounded to a multiple of 4 as the generator needs.
-    shape = tf.shape(image)
-    image = _resize(image, _round4(shape[0]), _round4(shape[1]))
+  if height != shape[0] or width != shape[1]:  # The reference leaves such images untouched.
+    image = _resize(image, height, width)
+  top, left, flip = augmentation(seed, height, width, config)
   if fixed_size(config):
-    image = tf.image.stateless_random_crop(image, [crop, crop, 3], seed=seed)
-  if config.flip:
-    image = tf.image.stateless_random_flip_left_right(
-        image, seed=tf.random.experimental.stateless_fold_in(seed, 1))
+    image = image[top:top + config.crop_size, left:left + config.crop_size]
+    image.set_shape([config.crop_size, config.crop_size, 3])
+  if config.flip and flip:
+    image = image[:, ::-1]
   return image / 127.5 - 1.0
 
 
