@@ -23,6 +23,7 @@ from absl import app, flags, logging
 
 from cyclegan import config as config_lib
 from cyclegan import distribute
+from cyclegan import images as images_lib
 from cyclegan import models
 
 DIRECTIONS = {"a2b": "generator_a2b", "b2a": "generator_b2a"}
@@ -77,8 +78,7 @@ class Translator(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, "image_bytes")])
     def serve_bytes(image_bytes):
       def one(encoded):
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
+        image = images_lib.decode_rgb(encoded)  # Upright by its EXIF orientation.
         out = to_uint8(translate(tf.cast(image, tf.float32)[None] / 127.5 - 1.0))[0]
         return tf.io.encode_png(out), tf.shape(out)[:2]
       png, size = tf.map_fn(one, image_bytes, fn_output_signature=(

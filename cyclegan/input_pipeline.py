@@ -15,6 +15,7 @@ from typing import Callable
 
 import tensorflow as tf
 
+from cyclegan import images
 from cyclegan import synthetic
 from cyclegan.config import SYNTHETIC
 
@@ -34,27 +35,20 @@ class Domain:
   load: Callable[[tf.Tensor], tf.Tensor]
 
 
-def decode_rgb(encoded):
-  """Any supported format and mode (grey, RGBA, palette, 16-bit) -> uint8 RGB; alpha is dropped."""
-  image = tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8)
-  image.set_shape([None, None, 3])
-  return image
-
-
-def _array_domain(name, images):
-  images = tf.constant(images)
-  return Domain(name, int(images.shape[0]), lambda i: tf.gather(images, i))
+def _array_domain(name, arrays):
+  arrays = tf.constant(arrays)
+  return Domain(name, int(arrays.shape[0]), lambda i: tf.gather(arrays, i))
 
 
 def _encoded_domain(name, encoded):
   encoded = tf.constant(encoded, dtype=tf.string)
-  return Domain(name, int(encoded.shape[0]), lambda i: decode_rgb(tf.gather(encoded, i)))
+  return Domain(name, int(encoded.shape[0]), lambda i: images.decode_rgb(tf.gather(encoded, i)))
 
 
 def _file_domain(name, paths):
   paths = tf.constant(paths, dtype=tf.string)
   return Domain(name, int(paths.shape[0]),
-                lambda i: decode_rgb(tf.io.read_file(tf.gather(paths, i))))
+                lambda i: images.decode_rgb(tf.io.read_file(tf.gather(paths, i))))
 
 
 # --- Folders ---------------------------------------------------------------------------------
@@ -74,7 +68,7 @@ def decodable(paths):
   if not paths:
     return []
   ds = tf.data.Dataset.from_tensor_slices(paths).map(
-      lambda p: (p, tf.shape(decode_rgb(tf.io.read_file(p)))),
+      lambda p: (p, tf.shape(images.decode_rgb(tf.io.read_file(p)))),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.ignore_errors()
   good = {p.decode() for p, _ in ds.as_numpy_iterator()}

@@ -6,8 +6,10 @@ import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
 
 # Must happen before TensorFlow initialises its devices, i.e. before any test runs an op.
 tf.config.set_logical_device_configuration(
@@ -44,3 +46,17 @@ def shared_data():
   if not SHARED_DATA.is_dir():
     pytest.skip("../shared/data is absent")
   return SHARED_DATA
+
+
+def oriented_jpeg(path, orientation):
+  """Writes a real photo as a phone would: pixels stored turned, with the EXIF orientation
+  (3: rotate 180, 6: rotate 90 clockwise) that displays them upright (landscape, 180 x 256).
+  Returns the upright photo as Pillow decodes and turns it."""
+  photo = Image.open(sorted((SHARED_DATA / "horse2zebra" / "testA").iterdir())[0])
+  photo = photo.convert("RGB").crop((0, 0, 256, 180))
+  turn = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90}[orientation]
+  exif = Image.Exif()
+  exif[0x0112] = orientation
+  photo.transpose(turn).save(path, "JPEG", quality=95, exif=exif)
+  with Image.open(path) as image:
+    return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))

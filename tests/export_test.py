@@ -14,7 +14,7 @@ from PIL import Image
 from cyclegan import export
 from cyclegan import models
 from cyclegan import train_lib
-from conftest import REPO, tiny_config
+from conftest import REPO, oriented_jpeg, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +166,17 @@ def test_bf16_signature_is_within_a_few_levels_of_fp32_on_real_photos(full_size_
   levels = np.abs(fp32 - bf16)
   assert 0.1 < levels.mean() <= 2.5 and np.percentile(levels, 99) <= 10, (
       levels.mean(), np.percentile(levels, 99), levels.max())
+
+
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_bytes_signature_turns_phone_photos_upright(trained, shared_data, tmp_path, orientation):
+  """In the graph, so TF Serving and saved_model_cli agree with cyclegan.translate."""
+  _, paths, _ = trained
+  upright = oriented_jpeg(tmp_path / "photo.jpg", orientation)
+  loaded = tf.saved_model.load(paths["a2b"])
+  out = loaded.signatures["serving_default"](
+      image_bytes=tf.constant([(tmp_path / "photo.jpg").read_bytes()]))
+  np.testing.assert_array_equal(out["translated_size"].numpy(), [[180, 256]])
+  got = np.asarray(Image.open(io.BytesIO(out["translated_bytes"].numpy()[0]))).astype(int)
+  want = loaded.signatures["translate_uint8"](images=tf.constant(upright[None]))["images"]
+  assert np.abs(got - want.numpy()[0]).mean() < 3  # TF's JPEG decoder vs Pillow's.

@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from cyclegan import input_pipeline
-from conftest import tiny_config
+from conftest import oriented_jpeg, tiny_config
 
 
 def _save(path, array, mode=None, fmt=None):
@@ -198,3 +198,15 @@ def test_real_images_including_greyscale(shared_data, tmp_path):
               str(shared_data / "horse2zebra/trainB")))[i]).getbands()) == 1]
   assert len(grey) == 7
   assert domains["trainB"].load(tf.constant(grey[0])).shape == (256, 256, 3)
+
+
+def test_training_reads_phone_photos_upright(shared_data, tmp_path):
+  (tmp_path / "data" / "trainA").mkdir(parents=True)
+  (tmp_path / "data" / "trainB").mkdir()
+  upright = {o: oriented_jpeg(tmp_path / "data" / "trainA" / f"o{o}.jpg", o) for o in (3, 6)}
+  oriented_jpeg(tmp_path / "data" / "trainB" / "b.jpg", 6)
+  domain = input_pipeline.load_domains(tiny_config(tmp_path, dataset=str(tmp_path / "data")))["trainA"]
+  for i, orientation in enumerate((3, 6)):  # Files are sorted: o3.jpg, o6.jpg.
+    got = domain.load(tf.constant(i)).numpy()
+    assert got.shape == (180, 256, 3)
+    assert np.abs(got.astype(int) - upright[orientation]).mean() < 2.5  # Turned wrong: ~60.

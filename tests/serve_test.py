@@ -21,7 +21,7 @@ from PIL import Image
 
 from cyclegan import export
 from cyclegan import models
-from conftest import REPO
+from conftest import REPO, oriented_jpeg
 
 MAX_PIXELS = 100_000
 
@@ -166,6 +166,25 @@ def test_translate_raw_and_multipart_uploads(client, saved):
   out = _decode(client.post("/v1/models/a2b:translate", content=_encode(rgba)).content)
   assert out.shape == (24, 40, 4)
   np.testing.assert_array_equal(out[..., 3], rgba[..., 3])  # Alpha passes through unchanged.
+
+
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_phone_photos_are_upright_on_translate_and_predict(client, saved, shared_data, tmp_path,
+                                                           orientation):
+  upright = oriented_jpeg(tmp_path / "photo.jpg", orientation)
+  data = (tmp_path / "photo.jpg").read_bytes()
+  want = saved["a2b"].signatures["translate_uint8"](images=tf.constant(upright[None]))
+  want = want["images"].numpy()[0]
+  # :translate decodes with Pillow, so its input is exactly `upright`.
+  np.testing.assert_array_equal(
+      _decode(client.post("/v1/models/a2b:translate", content=data).content), want)
+  # :predict runs serving_default, which turns the image in the graph after TF's JPEG decoder
+  # (~1 level from Pillow's); turned wrong, it would be ~60 levels off.
+  prediction = client.post("/v1/models/a2b:predict",
+                           json={"instances": [_b64(data)]}).json()["predictions"][0]
+  assert prediction["translated_size"] == [180, 256]
+  png = _decode(base64.b64decode(prediction["translated_bytes"]["b64"]))
+  assert np.abs(png.astype(int) - want).mean() < 3
 
 
 def test_status_and_metadata_as_tf_serving_writes_them(client, export_dir):

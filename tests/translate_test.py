@@ -11,7 +11,7 @@ from PIL import Image
 from cyclegan import export
 from cyclegan import models
 from cyclegan import translate
-from conftest import REPO
+from conftest import REPO, oriented_jpeg
 
 RNG = np.random.default_rng(0)
 
@@ -188,3 +188,18 @@ def test_tiling_an_odd_sized_image_keeps_its_size(model_dir):
   image = _rgb(101, 150)
   assert translator.tiled(image.shape)
   assert translator(image[None]).shape == (1, 101, 150, 3)
+
+
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_phone_photo_translates_as_its_upright_pixels(model_dir, shared_data, tmp_path,
+                                                      orientation):
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  upright = oriented_jpeg(inputs / "phone.jpg", orientation)
+  Image.fromarray(upright).save(inputs / "upright.png")
+  done = _translate("--model", model_dir, "--input", str(inputs), "--output",
+                    str(tmp_path / "out"), "--format", "png")
+  assert done.returncode == 0, done.stderr[-2000:]
+  phone = np.asarray(Image.open(tmp_path / "out" / "phone.png"))
+  assert phone.shape == (180, 256, 3)
+  np.testing.assert_array_equal(phone, np.asarray(Image.open(tmp_path / "out" / "upright.png")))
