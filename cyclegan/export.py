@@ -17,16 +17,18 @@ C++ loader (TF Serving, saved_model_cli) finds them and each weight is stored on
 import os
 import sys
 
-import keras
 import tensorflow as tf
 from absl import app, flags, logging
 
 from cyclegan import config as config_lib
-from cyclegan import distribute
 from cyclegan import images as images_lib
 from cyclegan import models
 
 DIRECTIONS = {"a2b": "generator_a2b", "b2a": "generator_b2a"}
+# The signatures' names, for everything that calls them.
+BYTES_SIGNATURE = "serving_default"
+FLOAT_SIGNATURE = "translate_float"
+UINT8_SIGNATURES = {"fp32": "translate_uint8", "bf16": "translate_uint8_bf16"}  # by precision
 MIN_SIDE = 8  # Smallest side the generator's innermost reflect padding accepts (2 after /4).
 
 
@@ -64,22 +66,19 @@ class Translator(tf.Module):
       out = tf.cast(generator(padded, training=False), tf.float32)
       return out[:, top:top + shape[1], left:left + shape[2], :]
 
-    def to_uint8(images):
-      return tf.cast(tf.clip_by_value(tf.round((images + 1.0) * 127.5), 0.0, 255.0), tf.uint8)
-
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, "images")])
     def translate_float(images):
       return {"images": translate(images)}
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, "images")])
     def translate_uint8(images):
-      return {"images": to_uint8(translate(tf.cast(images, tf.float32) / 127.5 - 1.0))}
+      return {"images": images_lib.to_uint8(translate(images_lib.to_unit_range(images)))}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, "image_bytes")])
     def serve_bytes(image_bytes):
       def one(encoded):
         image = images_lib.decode_rgb(encoded)  # Upright by its EXIF orientation.
-        out = to_uint8(translate(tf.cast(image, tf.float32)[None] / 127.5 - 1.0))[0]
+        out = images_lib.to_uint8(translate(images_lib.to_unit_range(image[None])))[0]
         return tf.io.encode_png(out), tf.shape(out)[:2]
       png, size = tf.map_fn(one, image_bytes, fn_output_signature=(
           tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int32)))
@@ -96,9 +95,9 @@ class Translator(tf.Module):
       self.translate_uint8_bf16 = translate_uint8_bf16.get_concrete_function()
 
   def signatures(self):
-    return {"serving_default": self.serve_bytes, "translate_uint8": self.translate_uint8,
-            "translate_float": self.translate_float,
-            "translate_uint8_bf16": self.translate_uint8_bf16}
+    return {BYTES_SIGNATURE: self.serve_bytes, FLOAT_SIGNATURE: self.translate_float,
+            UINT8_SIGNATURES["fp32"]: self.translate_uint8,
+            UINT8_SIGNATURES["bf16"]: self.translate_uint8_bf16}
 
 
 def find_versions(base):
@@ -147,13 +146,8 @@ def restore_generators(workdir):
   checkpoint_path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
   if not checkpoint_path:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
-  policy = keras.mixed_precision.global_policy()
-  distribute.set_precision("fp32")
-  try:
-    generators = {name: models.resnet_generator(config.ngf, config.n_blocks, name=name)
-                  for name in DIRECTIONS.values()}
-  finally:
-    keras.mixed_precision.set_global_policy(policy)
+  generators = {name: models.resnet_generator(config.ngf, config.n_blocks, name=name)
+                for name in DIRECTIONS.values()}
   status = tf.train.Checkpoint(**generators).restore(checkpoint_path).expect_partial()
   status.assert_existing_objects_matched()
   return generators, checkpoint_path

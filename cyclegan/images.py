@@ -17,6 +17,8 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+# What TensorFlow's decoders read (training, serving_default): all but TIFF.
+GRAPH_EXTENSIONS = tuple(e for e in EXTENSIONS if e not in (".tif", ".tiff"))
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "bmp": "BMP", "tif": "TIFF"}
 ALPHA_FORMATS = ("png", "webp", "tif")
 
@@ -25,8 +27,27 @@ class ImageReadError(Exception):
   """A file that is not a readable image, or is over Pillow's decompression-bomb limit."""
 
 
-def is_image_name(name):
-  return not name.startswith(".") and name.lower().endswith(EXTENSIONS)
+def is_image_name(name, extensions=EXTENSIONS):
+  return not name.startswith(".") and name.lower().endswith(extensions)
+
+
+def find_images(folder, extensions=EXTENSIONS):
+  """Image files under `folder`, recursively, sorted; hidden files and folders skipped."""
+  found = []
+  for root, dirs, files in os.walk(folder):
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    found += [os.path.join(root, f) for f in sorted(files) if is_image_name(f, extensions)]
+  return found
+
+
+def to_unit_range(pixels):
+  """uint8 pixels -> float32 in [-1, 1], the range the networks take and give."""
+  return tf.cast(pixels, tf.float32) / 127.5 - 1.0
+
+
+def to_uint8(images):
+  """[-1, 1] -> uint8 pixels, rounded and clipped."""
+  return tf.cast(tf.clip_by_value(tf.round((images + 1.0) * 127.5), 0.0, 255.0), tf.uint8)
 
 
 def _to_uint8(array):

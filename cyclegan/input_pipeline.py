@@ -19,7 +19,6 @@ from cyclegan import images
 from cyclegan import synthetic
 from cyclegan.config import SYNTHETIC
 
-TRAIN_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPLITS = ("trainA", "trainB", "testA", "testB")
 
 
@@ -53,16 +52,6 @@ def _file_domain(name, paths):
 
 # --- Folders ---------------------------------------------------------------------------------
 
-def list_images(folder, extensions=TRAIN_EXTENSIONS):
-  """Image files under `folder`, recursively, sorted; hidden files and other types ignored."""
-  found = []
-  for root, dirs, files in os.walk(folder):
-    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-    found += [os.path.join(root, f) for f in sorted(files)
-              if not f.startswith(".") and f.lower().endswith(extensions)]
-  return found
-
-
 def decodable(paths):
   """The paths that decode; the others are logged once each. Decodes in parallel with tf.data."""
   if not paths:
@@ -87,10 +76,11 @@ def _folder_domains(folder, splits):
         raise DataError(f"{folder} has no {split}/ folder: put the domain's training images in "
                         f"{path}/ (and the other domain's in {split[:-1]}{'B' if split[-1] == 'A' else 'A'}/)")
       continue
-    paths = decodable(list_images(path))
+    paths = decodable(images.find_images(path, images.GRAPH_EXTENSIONS))
     if not paths:
       if split.startswith("train"):
-        raise DataError(f"{path} has no readable images ({', '.join(TRAIN_EXTENSIONS)})")
+        raise DataError(f"{path} has no readable images "
+                        f"({', '.join(images.GRAPH_EXTENSIONS)})")
       continue
     domains[split] = _file_domain(split, paths)
   return domains
@@ -231,7 +221,7 @@ def preprocess_train(image, config, seed):
     image.set_shape([config.crop_size, config.crop_size, 3])
   if config.flip and flip:
     image = image[:, ::-1]
-  return image / 127.5 - 1.0
+  return images.to_unit_range(image)
 
 
 def preprocess_eval(image, config):

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cyclegan import images as images_lib
 from cyclegan import input_pipeline
 
 INCEPTION_SIZE = 299
@@ -96,7 +97,7 @@ def inception_features(model, images, batch_size=32):
   @tf.function(reduce_retracing=True)
   def features(batch):
     x = tf.image.resize(tf.cast(batch, tf.float32), [INCEPTION_SIZE, INCEPTION_SIZE])
-    return model(x / 127.5 - 1.0, training=False)
+    return model(images_lib.to_unit_range(x), training=False)
   out = [features(tf.constant(np.stack(batch))).numpy()
          for batch in input_pipeline.same_size_batches(images, batch_size)]
   return np.concatenate(out).astype(np.float64)

@@ -67,76 +67,80 @@ class InstanceNormalization(keras.layers.Layer):
     return {**super().get_config(), "epsilon": self.epsilon}
 
 
-def instance_norm(name):
-  return InstanceNormalization(name=name)
+# --precision -> the Keras dtype policy the networks are built with (weights stay float32).
+POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
-def conv(filters, kernel_size, strides=1, name=None):
+def conv(filters, kernel_size, strides=1, name=None, dtype="float32"):
   return keras.layers.Conv2D(
-      filters, kernel_size, strides=strides, padding="valid",
-      kernel_initializer=weight_init(), bias_initializer="zeros", name=name)
+      filters, kernel_size, strides=strides, padding="valid", kernel_initializer=weight_init(),
+      bias_initializer="zeros", name=name, dtype=dtype)
 
 
-def _residual_block(x, filters, name):
-  y = ReflectionPad2D(1, name=f"{name}_pad1")(x)
-  y = conv(filters, 3, name=f"{name}_conv1")(y)
-  y = instance_norm(f"{name}_norm1")(y)
-  y = keras.layers.ReLU(name=f"{name}_relu")(y)
-  y = ReflectionPad2D(1, name=f"{name}_pad2")(y)
-  y = conv(filters, 3, name=f"{name}_conv2")(y)
-  y = instance_norm(f"{name}_norm2")(y)
-  return keras.layers.Add(name=f"{name}_add")([x, y])
+def _residual_block(x, filters, name, dtype):
+  y = ReflectionPad2D(1, name=f"{name}_pad1", dtype=dtype)(x)
+  y = conv(filters, 3, name=f"{name}_conv1", dtype=dtype)(y)
+  y = InstanceNormalization(name=f"{name}_norm1", dtype=dtype)(y)
+  y = keras.layers.ReLU(name=f"{name}_relu", dtype=dtype)(y)
+  y = ReflectionPad2D(1, name=f"{name}_pad2", dtype=dtype)(y)
+  y = conv(filters, 3, name=f"{name}_conv2", dtype=dtype)(y)
+  y = InstanceNormalization(name=f"{name}_norm2", dtype=dtype)(y)
+  return keras.layers.Add(name=f"{name}_add", dtype=dtype)([x, y])
 
 
-def _upsample(x, filters, name):
+def _upsample(x, filters, name, dtype):
   """ConvTranspose2d(k3, s2, p1, output_padding=1) == 'valid' transposed conv minus first row/col."""
   x = keras.layers.Conv2DTranspose(
       filters, 3, strides=2, padding="valid", kernel_initializer=weight_init(),
-      bias_initializer="zeros", name=f"{name}_deconv")(x)
-  x = keras.layers.Cropping2D(((1, 0), (1, 0)), name=f"{name}_crop")(x)
-  x = instance_norm(f"{name}_norm")(x)
-  return keras.layers.ReLU(name=f"{name}_relu")(x)
+      bias_initializer="zeros", name=f"{name}_deconv", dtype=dtype)(x)
+  x = keras.layers.Cropping2D(((1, 0), (1, 0)), name=f"{name}_crop", dtype=dtype)(x)
+  x = InstanceNormalization(name=f"{name}_norm", dtype=dtype)(x)
+  return keras.layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)
 
 
-def resnet_generator(ngf=64, n_blocks=9, name="generator"):
-  """Reference `resnet_9blocks` / `resnet_6blocks`; input sides must be multiples of 4."""
+def resnet_generator(ngf=64, n_blocks=9, name="generator", dtype="float32"):
+  """Reference `resnet_9blocks` / `resnet_6blocks`; input sides must be multiples of 4.
+
+  dtype: the Keras dtype policy of every layer but the last (e.g. "mixed_bfloat16"), passed
+  rather than taken from Keras's process-wide policy.
+  """
   inputs = keras.Input(shape=(None, None, 3), name="image")
-  x = ReflectionPad2D(3, name="stem_pad")(inputs)
-  x = conv(ngf, 7, name="stem_conv")(x)
-  x = instance_norm("stem_norm")(x)
-  x = keras.layers.ReLU(name="stem_relu")(x)
+  x = ReflectionPad2D(3, name="stem_pad", dtype=dtype)(inputs)
+  x = conv(ngf, 7, name="stem_conv", dtype=dtype)(x)
+  x = InstanceNormalization(name="stem_norm", dtype=dtype)(x)
+  x = keras.layers.ReLU(name="stem_relu", dtype=dtype)(x)
   for i, mult in enumerate((1, 2)):
-    x = keras.layers.ZeroPadding2D(1, name=f"down{i}_pad")(x)
-    x = conv(ngf * mult * 2, 3, strides=2, name=f"down{i}_conv")(x)
-    x = instance_norm(f"down{i}_norm")(x)
-    x = keras.layers.ReLU(name=f"down{i}_relu")(x)
+    x = keras.layers.ZeroPadding2D(1, name=f"down{i}_pad", dtype=dtype)(x)
+    x = conv(ngf * mult * 2, 3, strides=2, name=f"down{i}_conv", dtype=dtype)(x)
+    x = InstanceNormalization(name=f"down{i}_norm", dtype=dtype)(x)
+    x = keras.layers.ReLU(name=f"down{i}_relu", dtype=dtype)(x)
   for i in range(n_blocks):
-    x = _residual_block(x, ngf * 4, name=f"block{i}")
-  x = _upsample(x, ngf * 2, name="up0")
-  x = _upsample(x, ngf, name="up1")
-  x = ReflectionPad2D(3, name="head_pad")(x)
-  x = conv(3, 7, name="head_conv")(x)
+    x = _residual_block(x, ngf * 4, f"block{i}", dtype)
+  x = _upsample(x, ngf * 2, "up0", dtype)
+  x = _upsample(x, ngf, "up1", dtype)
+  x = ReflectionPad2D(3, name="head_pad", dtype=dtype)(x)
+  x = conv(3, 7, name="head_conv", dtype=dtype)(x)
   # tanh in float32 so that mixed precision never quantises the output image.
   outputs = keras.layers.Activation("tanh", dtype="float32", name="head_tanh")(x)
   return keras.Model(inputs, outputs, name=name)
 
 
-def patch_discriminator(ndf=64, n_layers=3, name="discriminator"):
+def patch_discriminator(ndf=64, n_layers=3, name="discriminator", dtype="float32"):
   """Reference `basic` PatchGAN: 70x70 receptive field for n_layers=3; returns logits."""
   inputs = keras.Input(shape=(None, None, 3), name="image")
-  x = keras.layers.ZeroPadding2D(1, name="layer0_pad")(inputs)
-  x = conv(ndf, 4, strides=2, name="layer0_conv")(x)
-  x = keras.layers.LeakyReLU(0.2, name="layer0_lrelu")(x)
+  x = keras.layers.ZeroPadding2D(1, name="layer0_pad", dtype=dtype)(inputs)
+  x = conv(ndf, 4, strides=2, name="layer0_conv", dtype=dtype)(x)
+  x = keras.layers.LeakyReLU(0.2, name="layer0_lrelu", dtype=dtype)(x)
   mult = 1
   for i in range(1, n_layers + 1):
     mult = min(2**i, 8)
     strides = 2 if i < n_layers else 1
-    x = keras.layers.ZeroPadding2D(1, name=f"layer{i}_pad")(x)
-    x = conv(ndf * mult, 4, strides=strides, name=f"layer{i}_conv")(x)
-    x = instance_norm(f"layer{i}_norm")(x)
-    x = keras.layers.LeakyReLU(0.2, name=f"layer{i}_lrelu")(x)
-  x = keras.layers.ZeroPadding2D(1, name="head_pad")(x)
-  x = conv(1, 4, name="head_conv")(x)
+    x = keras.layers.ZeroPadding2D(1, name=f"layer{i}_pad", dtype=dtype)(x)
+    x = conv(ndf * mult, 4, strides=strides, name=f"layer{i}_conv", dtype=dtype)(x)
+    x = InstanceNormalization(name=f"layer{i}_norm", dtype=dtype)(x)
+    x = keras.layers.LeakyReLU(0.2, name=f"layer{i}_lrelu", dtype=dtype)(x)
+  x = keras.layers.ZeroPadding2D(1, name="head_pad", dtype=dtype)(x)
+  x = conv(1, 4, name="head_conv", dtype=dtype)(x)
   outputs = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
   return keras.Model(inputs, outputs, name=name)
 
@@ -160,9 +164,10 @@ def compute_dtype(model, policy):
 
 
 def build_models(config):
-  """The four networks of a CycleGAN, named by what they map."""
-  gen = lambda n: resnet_generator(config.ngf, config.n_blocks, name=n)
-  disc = lambda n: patch_discriminator(config.ndf, config.n_layers_d, name=n)
+  """The four networks of a CycleGAN, named by what they map, in config.precision."""
+  dtype = POLICIES[config.precision]
+  gen = lambda n: resnet_generator(config.ngf, config.n_blocks, name=n, dtype=dtype)
+  disc = lambda n: patch_discriminator(config.ndf, config.n_layers_d, name=n, dtype=dtype)
   return {
       "generator_a2b": gen("generator_a2b"),
       "generator_b2a": gen("generator_b2a"),

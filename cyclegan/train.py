@@ -17,6 +17,7 @@ from cyclegan import config as config_lib
 from cyclegan import convert_torch
 from cyclegan import export as export_lib
 from cyclegan import input_pipeline
+from cyclegan import runtime
 from cyclegan import train_lib
 
 FLAGS = flags.FLAGS
@@ -60,7 +61,9 @@ def main(argv):
   try:
     config = resolve_config(FLAGS.config, overrides)
     logging.info("config: %s", config)
-    paths = train_lib.train(config)
+    strategy = runtime.make_strategy(config.strategy, config.tpu)
+    runtime.configure_process(config, strategy.num_replicas_in_sync)
+    paths = train_lib.train(config, strategy)
   except (config_lib.ConfigError, input_pipeline.DataError, train_lib.TrainingError,
           convert_torch.ConversionError) as e:
     sys.exit(f"error: {e}")

@@ -20,9 +20,10 @@ from absl import logging
 
 from cyclegan import config as config_lib
 from cyclegan import convert_torch
-from cyclegan import distribute
+from cyclegan import runtime
 from cyclegan import export as export_lib
 from cyclegan import image_pool
+from cyclegan import images as images_lib
 from cyclegan import input_pipeline
 from cyclegan import losses
 from cyclegan import metrics
@@ -91,7 +92,10 @@ def _optimizer(config, steps_per_epoch):
 
 
 def create_state(config, steps_per_epoch):
-  """Builds models, optimizers and pools; call inside the strategy's scope."""
+  """Builds models, optimizers and pools; call inside the strategy's scope.
+
+  config.precision must be resolved (runtime.resolve), not `auto`.
+  """
   keras.utils.set_random_seed(config.seed)
   state = TrainState(
       models=models.build_models(config),
@@ -226,8 +230,7 @@ class _Summaries:
 
     @tf.function
     def a2b_uint8(images):
-      out = g_a2b(tf.cast(images, tf.float32) / 127.5 - 1.0)
-      return tf.cast(tf.clip_by_value(tf.round((out + 1.0) * 127.5), 0, 255), tf.uint8)
+      return images_lib.to_uint8(g_a2b(images_lib.to_unit_range(images)))
     self.translate, self.a2b_uint8 = translate, a2b_uint8
 
   def scalars(self, step, values, lr):
@@ -286,13 +289,13 @@ def _checkpoint_dir(workdir, chief):
 def train(config, strategy=None):
   """Trains (or resumes) in config.workdir; exports when done. Returns the export paths."""
   workdir = config.resolved_workdir
-  strategy = strategy or distribute.make_strategy(config.strategy, config.tpu)
-  requested, config = config, distribute.configure(config, strategy.num_replicas_in_sync)
+  strategy = strategy or runtime.make_strategy(config.strategy, config.tpu)
+  requested, config = config, runtime.resolve(config, strategy.num_replicas_in_sync)
   if config.batch_size % strategy.num_replicas_in_sync:
     raise config_lib.ConfigError(
         f"batch_size {config.batch_size} is not a multiple of the {strategy.num_replicas_in_sync} "
         f"replicas; use --batch_size {strategy.num_replicas_in_sync}")
-  chief = distribute.is_chief(strategy)
+  chief = runtime.is_chief(strategy)
   domains = input_pipeline.load_domains(config, input_pipeline.SPLITS)
   if not input_pipeline.fixed_size(config) and config.batch_size > 1:
     raise config_lib.ConfigError(f"--preprocess {config.preprocess} gives images of different "

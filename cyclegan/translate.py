@@ -23,7 +23,6 @@ from PIL import Image
 from cyclegan import export
 from cyclegan import images as images_lib
 
-SIGNATURES = {"fp32": "translate_uint8", "bf16": "translate_uint8_bf16"}
 
 
 def define_flags():
@@ -40,7 +39,8 @@ def define_flags():
   flags.DEFINE_integer("overlap", 128, "Pixels that neighbouring tiles share, blended linearly.")
   flags.DEFINE_integer("max_side", 0, "Resize so the longer side is at most this before the "
                        "model, and the result back to the input's size; 0: full resolution.")
-  flags.DEFINE_enum("precision", "fp32", list(SIGNATURES), "Compute precision of the model.")
+  flags.DEFINE_enum("precision", "fp32", list(export.UINT8_SIGNATURES),
+                    "Compute precision of the model.")
   flags.DEFINE_bool("overwrite", False, "Translate again even where the output exists.")
 
 
@@ -63,14 +63,7 @@ def find_inputs(path):
   """[(file, path relative to the input root)] for every image-named file, sorted."""
   if os.path.isfile(path):
     return [(path, os.path.basename(path))]
-  found = []
-  for root, dirs, files in os.walk(path):
-    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-    for name in sorted(files):
-      if images_lib.is_image_name(name):
-        full = os.path.join(root, name)
-        found.append((full, os.path.relpath(full, path)))
-  return found
+  return [(full, os.path.relpath(full, path)) for full in images_lib.find_images(path)]
 
 
 def output_path(output_dir, relative, fmt):
@@ -163,11 +156,11 @@ class Translator:
 
   def __init__(self, model_path, precision, tile, overlap, max_side):
     loaded = tf.saved_model.load(model_path)
-    if SIGNATURES[precision] not in loaded.signatures:
-      raise UsageError(f"{model_path} has no {SIGNATURES[precision]} signature: use "
-                       "--precision fp32 or export it again with this version")
+    if export.UINT8_SIGNATURES[precision] not in loaded.signatures:
+      raise UsageError(f"{model_path} has no {export.UINT8_SIGNATURES[precision]} signature: "
+                       "use --precision fp32 or export it again with this version")
     self._loaded = loaded  # Keeps the variables alive.
-    self._signature = loaded.signatures[SIGNATURES[precision]]
+    self._signature = loaded.signatures[export.UINT8_SIGNATURES[precision]]
     self.tile, self.overlap, self.max_side = tile, overlap, max_side
 
   def _run(self, batch):

@@ -27,7 +27,8 @@ def tiny_config(tmp_path, **overrides):
   values = dict(
       name="tiny", dataset="synthetic", load_size=36, crop_size=32, ngf=4, ndf=4, n_blocks=1,
       n_layers_d=2, pool_size=3, epochs=1, epochs_decay=1, synthetic_size=36, synthetic_train=8,
-      synthetic_test=4, strategy="default", log_every=1, image_every=2, checkpoint_every=2,
+      synthetic_test=4, strategy="default", precision="fp32", log_every=1, image_every=2,
+      checkpoint_every=2,
       workdir=str(tmp_path / "workdir"), export_dir=str(tmp_path / "export"), export=False)
   values.update(overrides)
   return config_lib.make_config(values)

@@ -10,6 +10,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from cyclegan import images
 from cyclegan import input_pipeline
 from conftest import oriented_jpeg, tiny_config
 
@@ -194,7 +195,7 @@ def test_real_images_including_greyscale(shared_data, tmp_path):
   domains = input_pipeline.load_domains(config)
   assert domains["trainA"].size == 1067 and domains["trainB"].size == 1334
   grey = [i for i in range(domains["trainB"].size)
-          if len(Image.open(sorted(input_pipeline.list_images(
+          if len(Image.open(sorted(images.find_images(
               str(shared_data / "horse2zebra/trainB")))[i]).getbands()) == 1]
   assert len(grey) == 7
   assert domains["trainB"].load(tf.constant(grey[0])).shape == (256, 256, 3)

@@ -137,12 +137,8 @@ def test_init_is_normal_0_002_with_zero_bias():
 
 
 def test_mixed_precision_keeps_float32_outputs():
-  import keras
-  keras.mixed_precision.set_global_policy("mixed_bfloat16")
-  try:
-    gen, disc = models.resnet_generator(ngf=4, n_blocks=1), models.patch_discriminator(ndf=4)
-  finally:
-    keras.mixed_precision.set_global_policy("float32")
+  gen = models.resnet_generator(ngf=4, n_blocks=1, dtype="mixed_bfloat16")
+  disc = models.patch_discriminator(ndf=4, dtype="mixed_bfloat16")
   x = np.zeros((1, 32, 32, 3), np.float32)
   assert gen(x).dtype == "float32" and disc(x).dtype == "float32"
   assert gen.get_layer("stem_conv").compute_dtype == "bfloat16"

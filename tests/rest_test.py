@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cyclegan import rest
-from cyclegan.runner import Signature
+from cyclegan.serving import errors
+from cyclegan.serving import rest
+from cyclegan.serving.runner import Signature
 
 BYTES = Signature("serving_default", {"image_bytes": tf.TensorSpec([None], tf.string)},
                   {"translated_bytes": tf.TensorSpec([None], tf.string),
@@ -74,6 +75,6 @@ def test_outputs_follow_the_request_format_and_bytes_names_get_b64():
     ({"inputs": {"x": [[1, 2]]}}, TWO, "object with the inputs"),
 ])
 def test_malformed_bodies_say_what_is_wrong(body, signature, message):
-  with pytest.raises(rest.RequestError) as error:
+  with pytest.raises(errors.RequestError) as error:
     rest.parse_predict(body, signature)
   assert message in str(error.value)

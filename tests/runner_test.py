@@ -10,7 +10,8 @@ from PIL import Image
 
 from cyclegan import export
 from cyclegan import models
-from cyclegan import runner as runner_lib
+from cyclegan.serving import errors
+from cyclegan.serving import runner as runner_lib
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_a_bad_input_in_a_batch_fails_only_its_own_request(model_path):
     return await asyncio.gather(*requests, return_exceptions=True)
 
   results = asyncio.run(together())
-  assert isinstance(results[2], runner_lib.ModelInputError)
+  assert isinstance(results[2], errors.ModelInputError)
   assert "Unknown image file format" in str(results[2])
   for result in results[:2] + results[3:]:
     assert result["translated_size"].tolist() == [[10, 14]]

@@ -81,7 +81,8 @@ def grpc_port():
 
 @pytest.fixture(scope="module")
 def server(export_dir, grpc_port):
-  args = ["--model_dir", str(export_dir), "--max_body_mb", "1", "--max_pixels", str(MAX_PIXELS)]
+  args = ["--model_dir", str(export_dir), "--max_body_mb", "1", "--max_pixels", str(MAX_PIXELS),
+          "--body_timeout", "2", "--idle_timeout", "2"]
   try:
     import tensorflow_serving.apis  # noqa: F401
     args += ["--grpc_port", str(grpc_port)]
@@ -238,6 +239,57 @@ def test_errors_are_json_that_says_what_is_wrong(client, method, path, kwargs, s
   assert "Traceback" not in response.text and "File \"" not in response.text
 
 
+def _connect(server):
+  host, port = server.url[len("http://"):].rsplit(":", 1)
+  return socket.create_connection((host, int(port)), timeout=15)
+
+
+def _head(length):
+  return (f"POST /v1/models/a2b:translate HTTP/1.1\r\nHost: test\r\n"
+          f"Content-Length: {length}\r\n\r\n").encode()
+
+
+def _reply(connection):
+  """(everything the server sends until it closes, seconds to its first byte)."""
+  started = time.monotonic()
+  received = connection.recv(65536)
+  first = time.monotonic() - started
+  while chunk := connection.recv(65536):
+    received += chunk
+  return received, first
+
+
+def test_a_declared_oversize_body_gets_413_without_being_read(server):
+  with _connect(server) as connection:
+    connection.sendall(_head(300 * 2**20) + b"x" * 100)  # Declares 300 MiB, then stops.
+    reply, seconds = _reply(connection)
+  assert reply.startswith(b"HTTP/1.1 413") and b"--max_body_mb" in reply, reply[:300]
+  assert seconds < 1.5
+
+
+def test_stalled_idle_and_vanishing_clients(server):
+  with _connect(server) as connection:  # Stops mid-body: 408 after --body_timeout (2 s).
+    connection.sendall(_head(1000) + b"x" * 10)
+    reply, seconds = _reply(connection)
+  assert reply.startswith(b"HTTP/1.1 408") and b"--body_timeout" in reply, reply[:300]
+  assert 1.5 < seconds < 6
+  with _connect(server) as connection:  # Idle after a request: closed after --idle_timeout.
+    connection.sendall(b"GET /v1/models/a2b HTTP/1.1\r\nHost: test\r\n\r\n")
+    started = time.monotonic()
+    reply, _ = _reply(connection)
+  assert reply.startswith(b"HTTP/1.1 200") and 1.5 < time.monotonic() - started < 6
+  with _connect(server) as connection:  # Connects and never sends a byte.
+    started = time.monotonic()
+    reply, _ = _reply(connection)
+  assert reply == b"" and time.monotonic() - started < 6
+  for _ in range(3):  # Hangs up mid-body: nothing to answer, and no traceback in the log.
+    with _connect(server) as connection:
+      connection.sendall(_head(1000) + b"x" * 10)
+  time.sleep(1)
+  assert "Traceback" not in "".join(server.lines)
+  assert httpx.get(server.url + "/v1/models/a2b").status_code == 200
+
+
 def test_pixel_limit(client):
   big = _encode(np.zeros((400, 300, 3), np.uint8))  # 120000 pixels > MAX_PIXELS
   for response in (client.post("/v1/models/a2b:translate", content=big),
@@ -378,6 +430,19 @@ def test_bad_arguments_exit_with_one_line(args, message):
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
   assert result.returncode == 1
   assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_without_the_serve_extra_the_command_says_what_to_install():
+  """As if uvicorn were not installed: a training install does not have it."""
+  script = ("import runpy, sys; sys.modules['uvicorn'] = None; "
+            "runpy.run_module('cyclegan.serve', run_name='__main__')")
+  result = subprocess.run([sys.executable, "-c", script, "--port", "0"], capture_output=True,
+                          text=True, cwd=REPO, timeout=120,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: cyclegan.serve needs uvicorn, from the [serve] extra: pip install "
+      "'cyclegan[serve]' (or pip install -e '.[serve]' in a checkout)")
 
 
 def test_port_in_use_is_one_line(export_dir):

@@ -11,7 +11,6 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from cyclegan import distribute
 from cyclegan import input_pipeline
 from cyclegan import train_lib
 from cyclegan.config import ConfigError
@@ -60,16 +59,9 @@ def test_one_step_updates_every_network(tmp_path):
   assert int(state.step.numpy()) == 1 and int(state.pool_a.count.numpy()) == 1
 
 
-@pytest.fixture
-def restore_fp32():
-  yield
-  distribute.set_precision("fp32")
-
-
 def _six_steps(tmp_path, precision):
   """Losses of six steps from the same init and data, and the state after them."""
   config = tiny_config(tmp_path / precision, precision=precision)
-  distribute.set_precision(precision)
   state = train_lib.create_state(config, 8)
   before = [w.numpy().copy() for m in state.models.values() for w in m.trainable_weights]
   step = train_lib.make_train_step(config, state, tf.distribute.get_strategy())
@@ -80,8 +72,7 @@ def _six_steps(tmp_path, precision):
 
 
 @pytest.mark.parametrize("precision,first_bound,bound", [("bf16", 2e-3, 1e-2), ("fp16", 2e-3, 0.1)])
-def test_every_precision_trains_and_tracks_fp32(tmp_path, restore_fp32, precision, first_bound,
-                                                bound):
+def test_every_precision_trains_and_tracks_fp32(tmp_path, precision, first_bound, bound):
   """Six steps against fp32's from the same weights and images.
 
   Measured over seeds 0-2, relative difference of g_total and d_total: the first step (the
@@ -101,9 +92,8 @@ def test_every_precision_trains_and_tracks_fp32(tmp_path, restore_fp32, precisio
       assert abs(g[key] / w[key] - 1) <= (first_bound if i == 0 else bound), (i, key, g, w)
 
 
-def test_fp16_skips_a_step_whose_gradients_overflow(tmp_path, restore_fp32):
+def test_fp16_skips_a_step_whose_gradients_overflow(tmp_path):
   config = tiny_config(tmp_path, precision="fp16")
-  distribute.set_precision("fp16")
   state = train_lib.create_state(config, 8)
   state.optimizer_g.dynamic_scale.assign(2.0**100)  # float16 gradients overflow at this scale
   state.optimizer_d.dynamic_scale.assign(2.0**8)  # and not at this one
@@ -119,6 +109,19 @@ def test_fp16_skips_a_step_whose_gradients_overflow(tmp_path, restore_fp32):
                  for a, b in zip(discriminator, state.discriminator_variables))
   train_lib.train(config.replace(max_steps=3, export=True))  # The loop and the export, in fp16.
   assert os.path.isdir(os.path.join(config.export_dir, "a2b", "1"))
+
+
+def test_precision_is_passed_not_left_in_the_process(tmp_path):
+  """A bf16 run, then an fp32 state in the same process: fp32, and Keras's global policy
+  untouched throughout."""
+  train_lib.train(tiny_config(tmp_path, precision="bf16", max_steps=1, export=True))
+  assert keras.mixed_precision.global_policy().name == "float32"
+  state = train_lib.create_state(tiny_config(tmp_path / "fp32", precision="fp32"), 8)
+  for model in state.models.values():
+    assert {layer.compute_dtype for layer in model.layers} == {"float32"}
+  bf16 = train_lib.create_state(tiny_config(tmp_path / "bf16", precision="bf16"), 8)
+  assert bf16.models["generator_a2b"].get_layer("stem_conv").compute_dtype == "bfloat16"
+  assert keras.mixed_precision.global_policy().name == "float32"
 
 
 def test_identity_off_drops_its_losses(tmp_path):

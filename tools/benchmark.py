@@ -22,7 +22,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from cyclegan import config as config_lib  # noqa: E402
-from cyclegan import distribute  # noqa: E402
+from cyclegan import runtime  # noqa: E402
 from cyclegan import input_pipeline  # noqa: E402
 from cyclegan import models  # noqa: E402
 from cyclegan import train_lib  # noqa: E402
@@ -68,7 +68,7 @@ def _config():
 
 
 def bench_train(config):
-  strategy = distribute.make_strategy(config.strategy)
+  strategy = runtime.make_strategy(config.strategy)
   shape = [config.batch_size, config.crop_size, config.crop_size, 3]
   batch = {"a": tf.random.uniform(shape, -1, 1), "b": tf.random.uniform(shape, -1, 1)}
   dataset = tf.data.Dataset.from_tensors(batch).unbatch().batch(
@@ -81,7 +81,8 @@ def bench_train(config):
 
 
 def bench_translate(config):
-  generator = models.resnet_generator(config.ngf, config.n_blocks)
+  generator = models.resnet_generator(config.ngf, config.n_blocks,
+                                      dtype=models.POLICIES[config.precision])
   images = tf.random.uniform([config.batch_size, config.crop_size, config.crop_size, 3], -1, 1)
   forward = tf.function(lambda x: generator(x, training=False), jit_compile=config.jit_compile)
   return _timed(lambda: forward(images).numpy(), FLAGS.steps)
@@ -100,7 +101,8 @@ def bench_input(config):
 
 def main(argv):
   del argv
-  config = distribute.configure(_config())
+  config = runtime.resolve(_config())
+  runtime.configure_process(config)
   bench = {"train": bench_train, "translate": bench_translate, "input": bench_input}[FLAGS.what]
   first, times = bench(config)
   median = statistics.median(times)

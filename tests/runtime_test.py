@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from cyclegan import config as config_lib
-from cyclegan import distribute
+from cyclegan import runtime
 
 FULL = dict(ngf=64, crop_size=256)
 TINY = dict(ngf=16, crop_size=64)  # The built-in default's model.
@@ -33,18 +33,18 @@ def _fake_gpus(monkeypatch, capabilities):
 @pytest.mark.parametrize("has_bf16,model,expected", [
     (True, FULL, "bf16"), (True, TINY, "fp32"), (False, FULL, "fp32")])
 def test_cpu_picks_bf16_only_where_it_is_native_and_pays(monkeypatch, has_bf16, model, expected):
-  monkeypatch.setattr(distribute, "cpu_has_bf16", lambda: has_bf16)
+  monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: has_bf16)
   _fake_gpus(monkeypatch, [])
   config = config_lib.make_config(dict(model, load_size=model["crop_size"]))
-  assert distribute.auto_precision(config)[0] == expected
+  assert runtime.auto_precision(config)[0] == expected
 
 
 def test_work_is_per_replica(monkeypatch):
-  monkeypatch.setattr(distribute, "cpu_has_bf16", lambda: True)
+  monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
   _fake_gpus(monkeypatch, [])
   config = config_lib.make_config(dict(ngf=32, crop_size=96, load_size=96, batch_size=2))
-  assert distribute.auto_precision(config, num_replicas=1)[0] == "bf16"
-  assert distribute.auto_precision(config, num_replicas=2)[0] == "fp32"
+  assert runtime.auto_precision(config, num_replicas=1)[0] == "bf16"
+  assert runtime.auto_precision(config, num_replicas=2)[0] == "fp32"
 
 
 @pytest.mark.parametrize("capabilities,expected", [
@@ -52,31 +52,34 @@ def test_work_is_per_replica(monkeypatch):
     ([(6, 1)], "fp32")])
 def test_gpus_by_compute_capability(monkeypatch, capabilities, expected):
   _fake_gpus(monkeypatch, capabilities)
-  assert distribute.auto_precision(config_lib.make_config(TINY | {"load_size": 64}))[0] == expected
+  assert runtime.auto_precision(config_lib.make_config(TINY | {"load_size": 64}))[0] == expected
 
 
 def test_tpu_is_bf16():
-  assert distribute.auto_precision(config_lib.make_config({"strategy": "tpu"}))[0] == "bf16"
+  assert runtime.auto_precision(config_lib.make_config({"strategy": "tpu"}))[0] == "bf16"
 
 
 def test_cpu_flags_are_read():
-  assert isinstance(distribute.cpu_has_bf16(), bool)
+  assert isinstance(runtime.cpu_has_bf16(), bool)
 
 
-def test_configure_applies_the_choice(monkeypatch, restore_process_settings):
-  monkeypatch.setattr(distribute, "cpu_has_bf16", lambda: True)
+def test_resolve_picks_and_configure_process_applies_the_choice(monkeypatch,
+                                                               restore_process_settings):
+  monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
   _fake_gpus(monkeypatch, [])
-  config = distribute.configure(config_lib.make_config(dict(FULL, load_size=286)))
+  full = config_lib.make_config(dict(FULL, load_size=286))
+  config = runtime.resolve(full)
   assert config.precision == "bf16"
-  assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+  runtime.configure_process(config)
   assert tf.config.optimizer.get_experimental_options()["disable_meta_optimizer"]
-  explicit = distribute.configure(config_lib.make_config(
-      dict(FULL, load_size=286, precision="fp32", graph_optimizer="on")))
-  assert explicit.precision == "fp32"
-  assert keras.mixed_precision.global_policy().name == "float32"
+  explicit = config_lib.make_config(dict(FULL, load_size=286, precision="fp32",
+                                         graph_optimizer="on"))
+  assert runtime.resolve(explicit).precision == "fp32"
+  runtime.configure_process(explicit)
   assert not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
-  distribute.configure(config_lib.make_config(dict(TINY, load_size=64)))  # Small: fusions pay.
+  runtime.configure_process(config_lib.make_config(dict(TINY, load_size=64)))  # Fusions pay.
   assert not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
   _fake_gpus(monkeypatch, [(8, 0)])
-  distribute.configure(config_lib.make_config(dict(FULL, load_size=286)))
+  runtime.configure_process(full)
   assert not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
+  assert keras.mixed_precision.global_policy().name == "float32"  # Precision is passed, not set.

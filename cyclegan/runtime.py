@@ -1,10 +1,8 @@
-"""Choosing the tf.distribute strategy, the precision and the graph optimizer for a machine."""
+"""What the machine decides: the tf.distribute strategy, the precision `auto` picks, and the
+graph optimizer. Only `configure_process` changes process-wide state; commands call it."""
 
-import keras
 import tensorflow as tf
 from absl import logging
-
-POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
 def make_strategy(name, tpu=""):
@@ -39,11 +37,6 @@ def is_chief(strategy):
   task_type, task_id = resolver.task_type, resolver.task_id
   return task_type in (None, "chief") or (task_type == "worker" and task_id == 0 and
                                           "chief" not in resolver.cluster_spec().as_dict())
-
-
-def set_precision(precision):
-  """Sets Keras's global dtype policy; models built afterwards compute in that precision."""
-  keras.mixed_precision.set_global_policy(POLICIES[precision])
 
 
 # Generator work per replica step, ngf^2 * crop^2 * batch. Below it, per-op overhead dominates a
@@ -88,16 +81,25 @@ def _big_for_cpu(config, num_replicas):
           CPU_BIG_MODEL_WORK)
 
 
-def configure(config, num_replicas=1):
-  """Resolves the `auto` settings for this machine and applies them; returns the config used."""
-  if config.precision == "auto":
-    precision, why = auto_precision(config, num_replicas)
-    logging.info("precision auto: %s (%s)", precision, why)
-    config = config.replace(precision=precision)
-  optimizer_off = config.graph_optimizer == "off" or (
-      config.graph_optimizer == "auto" and config.strategy != "tpu" and
-      not tf.config.list_physical_devices("GPU") and _big_for_cpu(config, num_replicas))
-  # Process-wide. For big models on CPU it adds 4-8 s to the first step and nothing to the rest.
-  tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": optimizer_off})
-  set_precision(config.precision)
-  return config
+def resolve(config, num_replicas=1):
+  """The config with `--precision auto` resolved for this machine (logged with the reason)."""
+  if config.precision != "auto":
+    return config
+  precision, why = auto_precision(config, num_replicas)
+  logging.info("precision auto: %s (%s)", precision, why)
+  return config.replace(precision=precision)
+
+
+def graph_optimizer_off(config, num_replicas=1):
+  """Whether `--graph_optimizer` (auto: off for big models on CPU-only machines) turns it off."""
+  if config.graph_optimizer != "auto":
+    return config.graph_optimizer == "off"
+  return (config.strategy != "tpu" and not tf.config.list_physical_devices("GPU") and
+          _big_for_cpu(config, num_replicas))
+
+
+def configure_process(config, num_replicas=1):
+  """Process-wide: Grappler on or off. For big models on CPU it adds 4-8 s to the first step
+  and nothing to the step time."""
+  tf.config.optimizer.set_experimental_options(
+      {"disable_meta_optimizer": graph_optimizer_off(config, num_replicas)})

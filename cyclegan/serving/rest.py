@@ -13,13 +13,7 @@ import binascii
 import numpy as np
 import tensorflow as tf
 
-
-class RequestError(ValueError):
-  """A request the client must fix: the message says what is wrong."""
-
-
-class TooLarge(Exception):
-  """Over one of the server's size limits (body bytes, pixels)."""
+from cyclegan.serving.errors import RequestError
 
 
 def _decode_b64(value):

@@ -17,10 +17,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from cyclegan import export
-
-
-class ModelInputError(Exception):
-  """The model rejected an input (e.g. bytes that are not an image): the client's fault."""
+from cyclegan.serving.errors import ModelInputError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,8 +12,8 @@ from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from cyclegan import rest
-from cyclegan import runner as runner_lib
+from cyclegan import export
+from cyclegan.serving import errors
 
 
 class _Models:
@@ -35,17 +35,17 @@ class _Models:
 def _inputs(request, signature):
   """{name: np.ndarray} of the request's tensors, checked against the signature."""
   if set(request.inputs) != set(signature.inputs):
-    raise rest.RequestError(f"inputs {sorted(request.inputs)} do not match the signature's "
+    raise errors.RequestError(f"inputs {sorted(request.inputs)} do not match the signature's "
                             f"{sorted(signature.inputs)}")
   inputs = {}
   for name, proto in request.inputs.items():
     spec = signature.inputs[name]
     if proto.dtype != spec.dtype.as_datatype_enum:
-      raise rest.RequestError(f"input {name!r}: got {tf.dtypes.as_dtype(proto.dtype).name}, "
+      raise errors.RequestError(f"input {name!r}: got {tf.dtypes.as_dtype(proto.dtype).name}, "
                               f"the signature wants {spec.dtype.name}")
     array = tf.make_ndarray(proto)
     if not spec.shape.is_compatible_with(array.shape):
-      raise rest.RequestError(f"input {name!r}: shape {list(array.shape)} does not match the "
+      raise errors.RequestError(f"input {name!r}: shape {list(array.shape)} does not match the "
                               f"signature's {spec.shape}")
     inputs[name] = array
   return inputs
@@ -55,7 +55,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
 
   async def Predict(self, request, context):
     runner = await self.runner(request.model_spec, context)
-    name = request.model_spec.signature_name or "serving_default"
+    name = request.model_spec.signature_name or export.BYTES_SIGNATURE
     signature = runner.signatures.get(name)
     if signature is None:
       await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no signature {name!r}; the model "
@@ -64,9 +64,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
       inputs = _inputs(request, signature)
       self.check_inputs(inputs, signature)
       outputs = await runner.run(name, inputs)
-    except (rest.RequestError, runner_lib.ModelInputError) as e:
+    except errors.RequestError as e:
       await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-    except rest.TooLarge as e:
+    except errors.TooLarge as e:
       await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
     response = predict_pb2.PredictResponse()
     response.model_spec.name = runner.name
