@@ -1,6 +1,6 @@
 """One flat, typed config; files in configs/ and command-line flags override its defaults.
 
-The defaults are the reference recipe (shared/REFERENCE.md). Resolution order, later wins:
+The defaults are the reference recipe (the original CycleGAN's). Resolution order, later wins:
 dataclass defaults < configs/<name>.py < the config saved in a resumed workdir < explicit flags.
 """
 
@@ -10,13 +10,15 @@ import json
 import os
 import pathlib
 
+from cyclegan import cli
+
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 SYNTHETIC = "synthetic"
 # Fields that fix the shape of the checkpoint or the data; a resumed run may not change them.
 ARCHITECTURE_FIELDS = ("ngf", "ndf", "n_blocks", "n_layers_d", "dataset", "batch_size", "seed")
 
 
-class ConfigError(ValueError):
+class ConfigError(cli.UserError, ValueError):
   """A config or flag value that cannot work; the message says what to change."""
 
 

@@ -9,17 +9,17 @@ and shape, and writes DIR/<version>/ with the same signatures as a trained expor
 """
 
 import re
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from cyclegan import cli
 from cyclegan import export
 from cyclegan import models
 
 IGNORED_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
 
 
-class ConversionError(ValueError):
+class ConversionError(cli.UserError, ValueError):
   """A checkpoint that is not a reference generator; the message says what was found."""
 
 
@@ -104,22 +104,23 @@ def convert(path, export_dir, version=None):
   return out
 
 
+def define_flags():
+  flags.DEFINE_string("export_dir", None, "Writes <export_dir>/<version>/ (TF Serving layout).",
+                      required=True)
+  flags.DEFINE_integer("version", None, "Version folder (default: the next free number).")
+
+
 def main(argv):
   if len(argv) != 2:
-    sys.stderr.write("usage: python -m cyclegan.convert_torch CHECKPOINT.pth --export_dir DIR\n")
-    return 2
+    raise cli.UserError("usage: python -m cyclegan.convert_torch CHECKPOINT.pth --export_dir DIR")
   try:
     path = convert(argv[1], flags.FLAGS.export_dir, flags.FLAGS.version)
-  except (ConversionError, OSError) as e:
-    sys.stderr.write(f"error: {e}\n")
-    return 1
+  except OSError as e:
+    raise cli.UserError(str(e)) from None
   print(f"SavedModel: {path}\n  translate: python -m cyclegan.translate --model "
         f"{flags.FLAGS.export_dir} --input photos/ --output out/")
   return 0
 
 
 if __name__ == "__main__":
-  flags.DEFINE_string("export_dir", None, "Writes <export_dir>/<version>/ (TF Serving layout).",
-                      required=True)
-  flags.DEFINE_integer("version", None, "Version folder (default: the next free number).")
-  app.run(main)
+  cli.run(main, define_flags)

@@ -13,8 +13,9 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from cyclegan import cli
 from cyclegan import config as config_lib
 from cyclegan import input_pipeline
 from cyclegan import metrics
@@ -29,12 +30,13 @@ def define_flags():
   flags.DEFINE_enum("direction", "auto", ["auto", "a2b", "b2a"],
                     "What the model translates; auto: from the model path (b2a if it says so).")
   flags.DEFINE_enum("metrics", "all", ["all", "paired", "fid"],
-                    "paired: L1/PSNR/SSIM (built-in dataset only); fid: FID and KID; all: both "
-                    "where possible.")
+                    "paired: L1/PSNR/SSIM (built-in dataset only); fid: FID and KID (needs "
+                    "InceptionV3 weights); all: what is possible, saying what was skipped.")
   flags.DEFINE_string("inception_weights", "keras", "InceptionV3 weights: 'keras' (Keras's cache, "
                       "~/.keras/models), a .h5 file, or 'random' (tests only: numbers meaningless).")
   flags.DEFINE_integer("max_images", 0, "Use at most this many images per domain (0: all).")
   flags.DEFINE_string("output", None, "Also write the JSON line to this file.")
+  flags.mark_flag_as_required("model")
 
 
 FLAGS = flags.FLAGS
@@ -52,7 +54,11 @@ def _translate(translator, images):
 
 def evaluate(model_path, dataset, split="test", direction="a2b", which="all",
              inception_weights="keras", max_images=0):
-  """The metrics as a dict; raises MissingWeightsError, DataError or translate.UsageError."""
+  """The metrics as a dict; raises cli.UserError (e.g. MissingWeightsError, DataError).
+
+  which="all" computes what it can: without InceptionV3 weights it reports the paired metrics
+  and says in "fid_skipped" why FID and KID are not there; "fid" without weights is an error.
+  """
   started = time.perf_counter()
   config = config_lib.resolve(None, {"dataset": dataset})
   source_split, target_split = (f"{split}A", f"{split}B")[::1 if direction == "a2b" else -1]
@@ -60,13 +66,13 @@ def evaluate(model_path, dataset, split="test", direction="a2b", which="all",
   missing = [s for s in (source_split, target_split) if s not in domains]
   if missing:
     raise input_pipeline.DataError(f"{dataset} has no {missing[0]} split to evaluate on")
-  translator = translate.Translator(translate.resolve_model(model_path), "fp32", 0, 0, 0)
+  translator = translate.TiledModel(translate.resolve_model(model_path), "fp32", 0, 0, 0)
   sources = _images(domains[source_split], max_images)
   targets = _images(domains[target_split], max_images)
   outputs = _translate(translator, sources)
   result = {"model": model_path, "dataset": dataset, "split": split, "direction": direction,
             "images": len(outputs), "targets": len(targets)}
-  is_paired = config.dataset == config_lib.SYNTHETIC
+  is_paired = input_pipeline.has_pairs(config)
   if which in ("all", "paired"):
     if not is_paired and which == "paired":
       raise input_pipeline.DataError("paired metrics need ground truth: only the built-in "
@@ -75,7 +81,14 @@ def evaluate(model_path, dataset, split="test", direction="a2b", which="all",
       result["paired"] = metrics.paired(np.stack(outputs), np.stack(targets))
       result["identity_baseline"] = metrics.paired(np.stack(sources), np.stack(targets))
   if which in ("all", "fid"):
-    model = metrics.inception(inception_weights)
+    try:
+      model = metrics.inception(inception_weights)
+    except metrics.MissingWeightsError as e:
+      if which == "fid":
+        raise
+      result["fid_skipped"] = str(e)
+      result["seconds"] = round(time.perf_counter() - started, 1)
+      return result
     feats = {name: metrics.inception_features(model, images)
              for name, images in (("outputs", outputs), ("targets", targets), ("sources", sources))}
     result["fid"] = metrics.fid(feats["outputs"], feats["targets"])
@@ -87,28 +100,21 @@ def evaluate(model_path, dataset, split="test", direction="a2b", which="all",
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.stderr.write(f"error: unexpected arguments {argv[1:]}\n")
-    return 2
+  cli.no_arguments(argv)
   direction = FLAGS.direction
   if direction == "auto":
     direction = "b2a" if "b2a" in FLAGS.model.replace("\\", "/").split("/") else "a2b"
-  try:
-    result = evaluate(FLAGS.model, FLAGS.dataset, FLAGS.split, direction, FLAGS.metrics,
-                      FLAGS.inception_weights, FLAGS.max_images)
-  except (metrics.MissingWeightsError, input_pipeline.DataError, translate.UsageError,
-          config_lib.ConfigError) as e:
-    sys.stderr.write(f"error: {e}\n")
-    return 2
+  result = evaluate(FLAGS.model, FLAGS.dataset, FLAGS.split, direction, FLAGS.metrics,
+                    FLAGS.inception_weights, FLAGS.max_images)
+  if "fid_skipped" in result:
+    sys.stderr.write(f"FID and KID skipped: {result['fid_skipped']}\n")
   line = json.dumps(result)
   print(line)
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:
       f.write(line + "\n")
-  return 0
+  return cli.OK
 
 
 if __name__ == "__main__":
-  define_flags()
-  flags.mark_flag_as_required("model")
-  app.run(main)
+  cli.run(main, define_flags)

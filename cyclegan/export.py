@@ -15,14 +15,14 @@ C++ loader (TF Serving, saved_model_cli) finds them and each weight is stored on
 """
 
 import os
-import sys
 
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
-from cyclegan import config as config_lib
+from cyclegan import cli
 from cyclegan import images as images_lib
 from cyclegan import models
+from cyclegan import workdir as workdir_lib
 
 DIRECTIONS = {"a2b": "generator_a2b", "b2a": "generator_b2a"}
 # The signatures' names, for everything that calls them.
@@ -53,7 +53,7 @@ def pad_to_multiple(images, multiple=4, min_side=MIN_SIDE):
   return images, padded[0][2], padded[1][2]
 
 
-class Translator(tf.Module):
+class ServingModule(tf.Module):
   """One direction's generator with serving signatures."""
 
   def __init__(self, generator):
@@ -133,19 +133,26 @@ def save(generator, base, version=None):
   if os.path.exists(path):
     raise FileExistsError(f"{path} exists: pick another --version or remove it")
   tmp = os.path.join(base, f".tmp-{version}")
-  translator = Translator(generator)
-  tf.saved_model.save(translator, tmp, signatures=translator.signatures())
+  module = ServingModule(generator)
+  tf.saved_model.save(module, tmp, signatures=module.signatures())
   os.replace(tmp, path)
   return path
 
 
+def _workdir_config(workdir):
+  config = workdir_lib.load_config(workdir)
+  if config is None:
+    raise FileNotFoundError(f"{workdir_lib.config_path(workdir)} does not exist: not a training "
+                            "workdir")
+  return config
+
+
 def restore_generators(workdir):
   """float32 generators with the latest checkpoint's weights; the training precision does not matter."""
-  saved = config_lib.load_saved(os.path.join(workdir, "config.json"))
-  config = config_lib.make_config(saved)
-  checkpoint_path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+  config = _workdir_config(workdir)
+  checkpoint_path = workdir_lib.latest_checkpoint(workdir)
   if not checkpoint_path:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
+    raise FileNotFoundError(f"no checkpoint in {workdir_lib.checkpoint_dir(workdir)}: train first")
   generators = {name: models.resnet_generator(config.ngf, config.n_blocks, name=name)
                 for name in DIRECTIONS.values()}
   status = tf.train.Checkpoint(**generators).restore(checkpoint_path).expect_partial()
@@ -175,23 +182,24 @@ def usage(paths):
   ])
 
 
-def main(argv):
-  del argv
-  flags_ = flags.FLAGS
-  try:
-    export_dir = flags_.export_dir or config_lib.make_config(config_lib.load_saved(
-        os.path.join(flags_.workdir, "config.json"))).resolved_export_dir
-    paths = export_from_workdir(flags_.workdir, export_dir, flags_.version)
-  except (OSError, config_lib.ConfigError, ValueError) as e:
-    sys.exit(f"error: {e}")
-  print(usage(paths))
-
-
-if __name__ == "__main__":
-  # Flags live here, not at import, so that train (which imports this module) can own its names.
+def define_flags():
   flags.DEFINE_string("workdir", None, "Training workdir with config.json and checkpoints/.",
                       required=True)
   flags.DEFINE_string("export_dir", None,
                       "Where to write a2b/ and b2a/ (default: saved_models/<name>).")
   flags.DEFINE_integer("version", None, "Version folder to write (default: the next free number).")
-  app.run(main)
+
+
+def main(argv):
+  cli.no_arguments(argv)
+  flags_ = flags.FLAGS
+  try:
+    export_dir = flags_.export_dir or _workdir_config(flags_.workdir).resolved_export_dir
+    paths = export_from_workdir(flags_.workdir, export_dir, flags_.version)
+  except (OSError, ValueError) as e:
+    raise cli.UserError(str(e)) from None
+  print(usage(paths))
+
+
+if __name__ == "__main__":
+  cli.run(main, define_flags)

@@ -15,6 +15,7 @@ from typing import Callable
 
 import tensorflow as tf
 
+from cyclegan import cli
 from cyclegan import images
 from cyclegan import synthetic
 from cyclegan.config import SYNTHETIC
@@ -22,12 +23,12 @@ from cyclegan.config import SYNTHETIC
 SPLITS = ("trainA", "trainB", "testA", "testB")
 
 
-class DataError(ValueError):
+class DataError(cli.UserError, ValueError):
   """Data that cannot be used; the message says what is wrong and what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
-class Domain:
+class Split:
   """One split: `load(index)` gives a uint8 [H, W, 3] image, index in [0, size)."""
   name: str
   size: int
@@ -36,17 +37,17 @@ class Domain:
 
 def _array_domain(name, arrays):
   arrays = tf.constant(arrays)
-  return Domain(name, int(arrays.shape[0]), lambda i: tf.gather(arrays, i))
+  return Split(name, int(arrays.shape[0]), lambda i: tf.gather(arrays, i))
 
 
 def _encoded_domain(name, encoded):
   encoded = tf.constant(encoded, dtype=tf.string)
-  return Domain(name, int(encoded.shape[0]), lambda i: images.decode_rgb(tf.gather(encoded, i)))
+  return Split(name, int(encoded.shape[0]), lambda i: images.decode_rgb(tf.gather(encoded, i)))
 
 
 def _file_domain(name, paths):
   paths = tf.constant(paths, dtype=tf.string)
-  return Domain(name, int(paths.shape[0]),
+  return Split(name, int(paths.shape[0]),
                 lambda i: images.decode_rgb(tf.io.read_file(tf.gather(paths, i))))
 
 
@@ -134,6 +135,12 @@ def _tfds_domains(name, splits, data_dir):
 
 
 # --- All sources -----------------------------------------------------------------------------
+
+def has_pairs(config):
+  """Whether the test split pairs each A with its true B (ground truth for paired metrics):
+  so for the built-in dataset, whose B is a known function of A."""
+  return config.dataset == SYNTHETIC
+
 
 def load_domains(config, splits=("trainA", "trainB")):
   """The requested splits of `config.dataset`; train splits must exist, test splits may not."""

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cyclegan import cli
 from cyclegan import images as images_lib
 from cyclegan import input_pipeline
 
@@ -22,7 +23,7 @@ WEIGHTS_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/inc
                + KERAS_WEIGHTS)
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(cli.UserError, FileNotFoundError):
   """No InceptionV3 weights on this machine; the message says how to get them."""
 
 

@@ -1,8 +1,8 @@
 """ResNet generator and PatchGAN discriminator, layer for layer as the PyTorch reference.
 
-Every padding, norm and transposed-conv choice here follows the numerics checked in
-shared/REFERENCE.md; the Keras defaults that differ (padding="same", eps 1e-3, LeakyReLU 0.3)
-are avoided on purpose. All models are fully convolutional: inputs are (None, None, None, 3).
+Every padding, norm and transposed-conv choice here matches PyTorch's numerics (checked in
+tests/models_test.py and against tools/torch_reference.py); the Keras defaults that differ
+(padding="same", eps 1e-3, LeakyReLU 0.3) are avoided on purpose. All models are fully convolutional: inputs are (None, None, None, 3).
 """
 
 import contextlib

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-from absl import app, flags
+from absl import flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -20,9 +20,11 @@ try:
   import uvicorn  # noqa: E402
   from cyclegan.serving import http  # noqa: E402
 except ImportError as e:  # The [serve] extra: starlette, uvicorn, python-multipart.
-  sys.exit(f"error: cyclegan.serve needs {e.name}, from the [serve] extra: "
-           "pip install 'cyclegan[serve]' (or pip install -e '.[serve]' in a checkout)")
+  sys.stderr.write(f"error: cyclegan.serve needs {e.name}, from the [serve] extra: pip install "
+                   "'cyclegan[serve]' (or pip install -e '.[serve]' in a checkout)\n")
+  sys.exit(2)
 
+from cyclegan import cli  # noqa: E402
 from cyclegan import export  # noqa: E402
 
 
@@ -55,7 +57,7 @@ def define_flags():
 
 
 def main(argv):
-  del argv
+  cli.no_arguments(argv)
   f = flags.FLAGS
   std_logging.getLogger("uvicorn.error").setLevel(std_logging.WARNING)
   try:
@@ -68,7 +70,7 @@ def main(argv):
     sock = http.listen(f.host, f.port)
     runners = http.load_runners(f.model_dir, f.model, f.max_batch)
   except (OSError, ValueError) as e:
-    sys.exit(f"error: {e}")
+    raise cli.UserError(str(e)) from None
   host, port = sock.getsockname()[:2]
   host = f"[{host}]" if ":" in host else host
   grpc_address = f"{host}:{f.grpc_port}" if f.grpc_port is not None else None
@@ -95,5 +97,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

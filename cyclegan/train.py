@@ -8,25 +8,25 @@ Running the same command again resumes from the workdir's latest checkpoint. Eve
 is also a flag (--help lists them); `--config` names a file in configs/ or a path to one.
 """
 
-import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from cyclegan import cli
 from cyclegan import config as config_lib
-from cyclegan import convert_torch
 from cyclegan import export as export_lib
-from cyclegan import input_pipeline
 from cyclegan import runtime
 from cyclegan import train_lib
+from cyclegan import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string(
-    "config", None, "Config name in configs/ or a path to a config file (default: the "
-    "dataset's own config if configs/ has one, else the reference recipe).")
 
 
-def _define_config_flags():
+def define_flags():
+  """--config, and every config field as a flag (default None: `present` tells what was set)."""
+  flags.DEFINE_string(
+      "config", None, "Config name in configs/ or a path to a config file (default: the "
+      "dataset's own config if configs/ has one, else the reference recipe).")
   for field in config_lib.FIELDS.values():
     help_text = f"{field.metadata['help']} (default: {field.default!r})"
     kind = type(field.default)
@@ -42,36 +42,27 @@ def _define_config_flags():
       flags.DEFINE_string(field.name, None, help_text)
 
 
-_define_config_flags()
-
-
 def resolve_config(config_name, overrides):
   """The config to run: a resumed workdir's saved config wins over the config file."""
   config = config_lib.resolve(config_name, overrides)
-  saved_path = os.path.join(config.resolved_workdir, "config.json")
-  if os.path.exists(saved_path):
-    config = config_lib.for_resume(config, overrides, config_lib.load_saved(saved_path))
-  return config
+  saved = workdir_lib.load_config(config.resolved_workdir)
+  return config_lib.for_resume(config, overrides, saved.to_dict()) if saved else config
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}; options are flags, see --help")
+  cli.no_arguments(argv)
   overrides = {name: FLAGS[name].value for name in config_lib.FIELDS if FLAGS[name].present}
+  config = resolve_config(FLAGS.config, overrides)
+  logging.info("config: %s", config)
+  strategy = runtime.make_strategy(config.strategy, config.tpu)
+  runtime.configure_process(config, strategy.num_replicas_in_sync)
   try:
-    config = resolve_config(FLAGS.config, overrides)
-    logging.info("config: %s", config)
-    strategy = runtime.make_strategy(config.strategy, config.tpu)
-    runtime.configure_process(config, strategy.num_replicas_in_sync)
-    paths = train_lib.train(config, strategy)
-  except (config_lib.ConfigError, input_pipeline.DataError, train_lib.TrainingError,
-          convert_torch.ConversionError) as e:
-    sys.exit(f"error: {e}")
+    workdir = train_lib.train(config, strategy)
   except KeyboardInterrupt:
     sys.exit("interrupted: run the same command again to resume")
-  if paths:
-    print(export_lib.usage(paths))
+  if workdir and config.export:  # The chief exports; other workers return None.
+    print(export_lib.usage(export_lib.export_from_workdir(workdir, config.resolved_export_dir)))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, define_flags)

@@ -18,10 +18,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from cyclegan import cli
 from cyclegan import config as config_lib
 from cyclegan import convert_torch
 from cyclegan import runtime
-from cyclegan import export as export_lib
+from cyclegan import workdir as workdir_lib
 from cyclegan import image_pool
 from cyclegan import images as images_lib
 from cyclegan import input_pipeline
@@ -30,7 +31,7 @@ from cyclegan import metrics
 from cyclegan import models
 
 
-class TrainingError(RuntimeError):
+class TrainingError(cli.UserError, RuntimeError):
   """Training cannot go on; the message names the step and says what to do."""
 
 
@@ -217,7 +218,7 @@ class _Summaries:
       self.eval_b = input_pipeline.sample_images(test_b, config, count=32)
     g_a2b, g_b2a = state.models["generator_a2b"], state.models["generator_b2a"]
     # Held-out ground truth exists for the built-in dataset only.
-    self.pairs = (bool(config.eval_every) and config.dataset == config_lib.SYNTHETIC
+    self.pairs = (bool(config.eval_every) and input_pipeline.has_pairs(config)
                   and "testA" in domains)
     if self.pairs:
       self.pairs_a = np.stack([domains["testA"].load(i).numpy() for i in range(domains["testA"].size)])
@@ -283,11 +284,14 @@ def _init_generators(config, state):
 
 def _checkpoint_dir(workdir, chief):
   """Non-chief workers must save too (collectives), but into a throwaway folder."""
-  return os.path.join(workdir, "checkpoints") if chief else tempfile.mkdtemp(prefix="cyclegan-")
+  return workdir_lib.checkpoint_dir(workdir) if chief else tempfile.mkdtemp(prefix="cyclegan-")
 
 
 def train(config, strategy=None):
-  """Trains (or resumes) in config.workdir; exports when done. Returns the export paths."""
+  """Trains (or resumes) in config.workdir to config.max_steps or the schedule's end.
+
+  Returns the workdir on the chief (what to export from), None on other workers.
+  """
   workdir = config.resolved_workdir
   strategy = strategy or runtime.make_strategy(config.strategy, config.tpu)
   requested, config = config, runtime.resolve(config, strategy.num_replicas_in_sync)
@@ -308,7 +312,7 @@ def train(config, strategy=None):
   checkpoint = state.checkpoint()
   os.makedirs(workdir, exist_ok=True)
   checkpoint_dir = _checkpoint_dir(workdir, chief)
-  latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+  latest = workdir_lib.latest_checkpoint(workdir)
   if latest:
     checkpoint.restore(latest).assert_consumed()
     logging.info("resumed from %s", latest)
@@ -316,14 +320,14 @@ def train(config, strategy=None):
     _init_generators(config, state)
   manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, config.keep_checkpoints)
   if chief:
-    config_lib.save(requested, os.path.join(workdir, "config.json"))  # `auto` stays auto.
+    config_lib.save(requested, workdir_lib.config_path(workdir))  # `auto` stays auto.
 
   start = int(state.step.numpy())
   dataset = strategy.distribute_datasets_from_function(
       lambda ctx: input_pipeline.train_dataset(config, domains, start, ctx))
   train_step = make_train_step(config, state, strategy)
   summaries = _Summaries(config, state, domains,
-                         os.path.join(workdir, "tensorboard") if chief else None)
+                         workdir_lib.tensorboard_dir(workdir) if chief else None)
   logging.info("training %s: steps %d..%d, %d steps/epoch, %d replicas, %s",
                config.name, start, last_step, per_epoch, strategy.num_replicas_in_sync,
                config.precision)
@@ -333,9 +337,7 @@ def train(config, strategy=None):
     summaries.flush()
     if not chief:
       shutil.rmtree(checkpoint_dir, ignore_errors=True)
-  if not (config.export and chief):
-    return None
-  return export_lib.export_from_workdir(workdir, config.resolved_export_dir)
+  return workdir if chief else None
 
 
 def _loop(config, state, train_step, iterator, manager, summaries, start, last_step, per_epoch):

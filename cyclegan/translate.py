@@ -13,13 +13,14 @@ import collections
 import concurrent.futures
 import os
 import sys
-import time
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+import tqdm
+from absl import flags, logging
 from PIL import Image
 
+from cyclegan import cli
 from cyclegan import export
 from cyclegan import images as images_lib
 
@@ -42,13 +43,10 @@ def define_flags():
   flags.DEFINE_enum("precision", "fp32", list(export.UINT8_SIGNATURES),
                     "Compute precision of the model.")
   flags.DEFINE_bool("overwrite", False, "Translate again even where the output exists.")
+  flags.mark_flags_as_required(["model", "input", "output"])
 
 
 FLAGS = flags.FLAGS
-
-
-class UsageError(Exception):
-  """Bad arguments; exit status 2."""
 
 
 def resolve_model(path):
@@ -56,7 +54,7 @@ def resolve_model(path):
   try:
     return export.resolve_version(path)[0]
   except FileNotFoundError as e:
-    raise UsageError(f"--model {e}") from None
+    raise cli.UserError(f"--model {e}") from None
 
 
 def find_inputs(path):
@@ -129,35 +127,19 @@ def translate_tiled(run, rgb, tile, overlap):
 Job = collections.namedtuple("Job", "source relative target fmt")
 
 
-class Progress:
-  """Count, images/s and ETA on stderr: one updating line on a terminal, else every 10 s."""
-
-  def __init__(self, total):
-    self.total, self.done, self.start, self.last = total, 0, time.perf_counter(), 0.0
-    self.tty = sys.stderr.isatty()
-
-  def step(self, count=1):
-    self.done += count
-    now = time.perf_counter()
-    if not (self.tty or now - self.last > 10 or self.done == self.total):
-      return
-    self.last = now
-    rate = self.done / max(now - self.start, 1e-9)
-    eta = (self.total - self.done) / rate if rate else 0
-    line = f"{self.done}/{self.total} images | {rate:.2f} img/s | ETA {int(eta) // 60}m{int(eta) % 60:02d}s"
-    sys.stderr.write(("\r" + line) if self.tty else line + "\n")
-    if self.tty and self.done == self.total:
-      sys.stderr.write("\n")
-    sys.stderr.flush()
+def progress_bar(total):
+  """Count, images/s and ETA on stderr; on a terminal one updating line, else a line per 10 s."""
+  return tqdm.tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True,
+                   mininterval=0.1 if sys.stderr.isatty() else 10)
 
 
-class Translator:
+class TiledModel:
   """Runs the SavedModel on uint8 batches, whole or in tiles, with --max_side resizing."""
 
   def __init__(self, model_path, precision, tile, overlap, max_side):
     loaded = tf.saved_model.load(model_path)
     if export.UINT8_SIGNATURES[precision] not in loaded.signatures:
-      raise UsageError(f"{model_path} has no {export.UINT8_SIGNATURES[precision]} signature: "
+      raise cli.UserError(f"{model_path} has no {export.UINT8_SIGNATURES[precision]} signature: "
                        "use --precision fp32 or export it again with this version")
     self._loaded = loaded  # Keeps the variables alive.
     self._signature = loaded.signatures[export.UINT8_SIGNATURES[precision]]
@@ -214,7 +196,7 @@ def translate_all(jobs, translator, batch_size, progress):
       outputs = translator(np.stack([rgb for _, rgb, _ in batch]))
       for (job, _, alpha), out in zip(batch, outputs):
         writes.append((job, writers.submit(images_lib.write_image, job.target, out, alpha, job.fmt)))
-      progress.step(len(batch))
+      progress.update(len(batch))
       batch.clear()
 
     batch = []
@@ -227,7 +209,7 @@ def translate_all(jobs, translator, batch_size, progress):
       except images_lib.ImageReadError as e:
         failures.append((job.source, str(e)))
         logging.warning("skipping %s: %s", job.source, e)
-        progress.step()
+        progress.update()
         continue
       if batch and (rgb.shape != batch[0][1].shape or translator.tiled(rgb.shape)):
         flush(batch)
@@ -246,11 +228,11 @@ def translate_all(jobs, translator, batch_size, progress):
 def plan(input_path, output_dir, fmt, overwrite):
   """The jobs to run and how many outputs already exist."""
   if not os.path.exists(input_path):
-    raise UsageError(f"--input {input_path} does not exist")
+    raise cli.UserError(f"--input {input_path} does not exist")
   in_root = os.path.realpath(input_path)
   out_root = os.path.realpath(output_dir)
   if os.path.isdir(in_root) and (out_root + os.sep).startswith(in_root + os.sep):
-    raise UsageError(f"--output {output_dir} is inside --input {input_path}: choose a folder "
+    raise cli.UserError(f"--output {output_dir} is inside --input {input_path}: choose a folder "
                      "outside it, so that inputs are never overwritten or re-read")
   jobs, existing = [], 0
   inputs = find_inputs(input_path)
@@ -262,7 +244,7 @@ def plan(input_path, output_dir, fmt, overwrite):
     if targets[target] > 1:  # photo.tif and photo.webp: keep both, as photo.tif.png etc.
       target = os.path.join(output_dir, f"{relative}.{job_fmt}")
     if os.path.realpath(target) == os.path.realpath(source):
-      raise UsageError(f"{target} would overwrite its input: choose another --output")
+      raise cli.UserError(f"{target} would overwrite its input: choose another --output")
     if os.path.exists(target) and not overwrite:
       existing += 1
       continue
@@ -270,43 +252,27 @@ def plan(input_path, output_dir, fmt, overwrite):
   return jobs, existing
 
 
-def _parse_flags(argv):
-  """Flag errors are usage errors: exit status 2, one line."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    sys.stderr.write(f"error: {e}\n")
-    sys.exit(2)
-
-
 def main(argv):
-  if len(argv) > 1:
-    sys.stderr.write(f"error: unexpected arguments {argv[1:]}; see --help\n")
-    return 2
-  try:
-    if FLAGS.batch_size < 1 or FLAGS.tile < 0 or FLAGS.overlap < 0 or FLAGS.max_side < 0:
-      raise UsageError("--batch_size must be >= 1; --tile, --overlap and --max_side >= 0")
-    if FLAGS.tile and FLAGS.overlap * 2 >= FLAGS.tile:
-      raise UsageError(f"--overlap {FLAGS.overlap} must be less than half of --tile {FLAGS.tile}")
-    jobs, existing = plan(FLAGS.input, FLAGS.output, FLAGS.format, FLAGS.overwrite)
-    translator = Translator(resolve_model(FLAGS.model), FLAGS.precision, FLAGS.tile,
-                            FLAGS.overlap, FLAGS.max_side)
-  except UsageError as e:
-    sys.stderr.write(f"error: {e}\n")
-    return 2
+  cli.no_arguments(argv)
+  if FLAGS.batch_size < 1 or FLAGS.tile < 0 or FLAGS.overlap < 0 or FLAGS.max_side < 0:
+    raise cli.UserError("--batch_size must be >= 1; --tile, --overlap and --max_side >= 0")
+  if FLAGS.tile and FLAGS.overlap * 2 >= FLAGS.tile:
+    raise cli.UserError(f"--overlap {FLAGS.overlap} must be less than half of --tile {FLAGS.tile}")
+  jobs, existing = plan(FLAGS.input, FLAGS.output, FLAGS.format, FLAGS.overwrite)
+  translator = TiledModel(resolve_model(FLAGS.model), FLAGS.precision, FLAGS.tile,
+                          FLAGS.overlap, FLAGS.max_side)
   if existing:
     print(f"{existing} outputs exist already and are skipped (--overwrite to redo them)")
-  failures = translate_all(jobs, translator, FLAGS.batch_size, Progress(len(jobs)))
+  with progress_bar(len(jobs)) as progress:
+    failures = translate_all(jobs, translator, FLAGS.batch_size, progress)
   print(f"translated {len(jobs) - len(failures)} of {len(jobs)} images into {FLAGS.output}")
   if failures:
     print(f"{len(failures)} failed:")
     for source, reason in failures:
       print(f"  {source}: {reason}")
-    return 1
-  return 0
+    return cli.SOME_FAILED
+  return cli.OK
 
 
 if __name__ == "__main__":
-  define_flags()
-  flags.mark_flags_as_required(["model", "input", "output"])
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(main, define_flags)

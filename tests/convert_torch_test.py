@@ -15,6 +15,7 @@ from conftest import REPO, load_tool, tiny_config
 torch = pytest.importorskip("torch", reason="PyTorch is the optional [torch] extra")
 
 from cyclegan import convert_torch  # noqa: E402
+from cyclegan import export  # noqa: E402
 from cyclegan import train_lib  # noqa: E402
 from cyclegan.config import ConfigError  # noqa: E402
 
@@ -116,7 +117,7 @@ def test_command_and_one_line_errors(tmp_path):
   assert done.returncode == 0, done.stderr[-2000:]
   assert (tmp_path / "style" / "1" / "saved_model.pb").is_file()
   bad = run(str(tmp_path / "missing.pth"), "--export_dir", str(tmp_path / "x"))
-  assert bad.returncode == 1 and "Traceback" not in bad.stderr and "does not exist" in bad.stderr
+  assert bad.returncode == 2 and "Traceback" not in bad.stderr and "does not exist" in bad.stderr
 
 
 def test_training_starts_from_pytorch_generators(tmp_path):
@@ -124,7 +125,7 @@ def test_training_starts_from_pytorch_generators(tmp_path):
   net, state = _state_dict(ngf=4, n_blocks=1)
   config = tiny_config(tmp_path, init_a2b=_save(tmp_path, state), lr=0.0, max_steps=1,
                        export=True)
-  paths = train_lib.train(config)
+  paths = export.export_from_workdir(train_lib.train(config), config.export_dir)
   x = np.random.default_rng(0).uniform(-1, 1, (1, 36, 44, 3)).astype(np.float32)
   got = tf.saved_model.load(paths["a2b"]).signatures["translate_float"](images=tf.constant(x))
   np.testing.assert_allclose(got["images"].numpy(), _torch_translate(net, x), atol=1e-5)

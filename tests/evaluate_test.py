@@ -40,12 +40,23 @@ def test_command_prints_and_writes_one_json_line(tiny_export, tmp_path):
   assert set(result["paired"]) == set(result["identity_baseline"]) == {"l1", "psnr", "ssim"}
 
 
-def test_errors_are_one_line_with_status_2(tiny_export, tmp_path):
-  env_home = {"KERAS_HOME": str(tmp_path)}
-  done = subprocess.run([sys.executable, "-m", "cyclegan.evaluate", "--model", tiny_export],
-                        cwd=REPO, env={**os.environ, **env_home}, capture_output=True, text=True)
+def test_without_inception_weights_fid_is_skipped_or_an_error(tiny_export, tmp_path):
+  """The default computes what it can offline and says what it skipped; asking for FID
+  explicitly without weights is a one-line error with status 2."""
+  run = lambda *args: subprocess.run(
+      [sys.executable, "-m", "cyclegan.evaluate", "--model", tiny_export, *args], cwd=REPO,
+      env={**os.environ, "KERAS_HOME": str(tmp_path)}, capture_output=True, text=True)
+  done = run()
+  assert done.returncode == 0, done.stderr[-2000:]
+  result = json.loads(done.stdout)
+  assert "paired" in result and "fid" not in result and "InceptionV3" in result["fid_skipped"]
+  assert "FID and KID skipped" in done.stderr
+  done = run("--metrics", "fid")
   assert done.returncode == 2 and "Traceback" not in done.stderr
   assert "InceptionV3" in done.stderr and "--metrics paired" in done.stderr
+
+
+def test_errors_are_one_line_with_status_2(tiny_export, tmp_path):
   done = _evaluate("--model", str(tmp_path / "nothing"), "--metrics", "paired")
   assert done.returncode == 2 and "not an exported model" in done.stderr
 
@@ -68,7 +79,7 @@ def test_default_training_run_beats_the_identity_baseline(tmp_path):
   """
   config = config_lib.resolve(None, {"workdir": str(tmp_path / "w"),
                                      "export_dir": str(tmp_path / "e")})
-  paths = train_lib.train(config)
+  paths = export.export_from_workdir(train_lib.train(config), config.resolved_export_dir)
   result = evaluate.evaluate(paths["a2b"], config_lib.SYNTHETIC, which="paired")
   model, baseline = result["paired"], result["identity_baseline"]
   assert model["l1"] < baseline["l1"] - 0.1

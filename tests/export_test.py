@@ -22,7 +22,7 @@ def trained(tmp_path_factory):
   """A tiny model trained for two steps and exported."""
   tmp = tmp_path_factory.mktemp("export")
   config = tiny_config(tmp, max_steps=2, export=True)
-  paths = train_lib.train(config)
+  paths = export.export_from_workdir(train_lib.train(config), config.export_dir)
   generators, _ = export.restore_generators(config.workdir)
   return config, paths, generators
 

@@ -7,7 +7,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from cyclegan import models
 
 
-# --- numpy reference, written from the layer list in shared/REFERENCE.md (PyTorch layouts) ---
+# --- numpy reference, written from the reference's layer list (PyTorch layouts) ---
 
 def np_conv(x, w, b, stride=1, pad=0):
   """PyTorch Conv2d on one HWC image; w: (out, in, kh, kw); zero padding."""

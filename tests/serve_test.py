@@ -428,7 +428,7 @@ def test_bad_arguments_exit_with_one_line(args, message):
   result = subprocess.run([sys.executable, "-m", "cyclegan.serve", "--port", "0", *args],
                           capture_output=True, text=True, cwd=REPO, timeout=120,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-  assert result.returncode == 1
+  assert result.returncode == 2  # Usage or data error: nothing was served.
   assert message in result.stderr and "Traceback" not in result.stderr
 
 
@@ -439,7 +439,7 @@ def test_without_the_serve_extra_the_command_says_what_to_install():
   result = subprocess.run([sys.executable, "-c", script, "--port", "0"], capture_output=True,
                           text=True, cwd=REPO, timeout=120,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert result.returncode == 2 and "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines()[-1] == (
       "error: cyclegan.serve needs uvicorn, from the [serve] extra: pip install "
       "'cyclegan[serve]' (or pip install -e '.[serve]' in a checkout)")
@@ -454,5 +454,5 @@ def test_port_in_use_is_one_line(export_dir):
                              str(export_dir), "--port", str(port)], capture_output=True,
                             text=True, cwd=REPO, timeout=120,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert f"cannot listen on 127.0.0.1:{port}" in result.stderr

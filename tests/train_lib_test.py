@@ -11,6 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from cyclegan import export
 from cyclegan import input_pipeline
 from cyclegan import train_lib
 from cyclegan.config import ConfigError
@@ -107,14 +108,15 @@ def test_fp16_skips_a_step_whose_gradients_overflow(tmp_path):
   assert float(state.optimizer_d.dynamic_scale) == 2.0**8
   assert not all(np.array_equal(a, b.numpy())
                  for a, b in zip(discriminator, state.discriminator_variables))
-  train_lib.train(config.replace(max_steps=3, export=True))  # The loop and the export, in fp16.
-  assert os.path.isdir(os.path.join(config.export_dir, "a2b", "1"))
+  workdir = train_lib.train(config.replace(max_steps=3))  # The loop, and an export, in fp16.
+  assert export.export_from_workdir(workdir, config.export_dir)["a2b"].endswith("1")
 
 
 def test_precision_is_passed_not_left_in_the_process(tmp_path):
   """A bf16 run, then an fp32 state in the same process: fp32, and Keras's global policy
   untouched throughout."""
-  train_lib.train(tiny_config(tmp_path, precision="bf16", max_steps=1, export=True))
+  workdir = train_lib.train(tiny_config(tmp_path, precision="bf16", max_steps=1))
+  export.export_from_workdir(workdir, str(tmp_path / "export"))
   assert keras.mixed_precision.global_policy().name == "float32"
   state = train_lib.create_state(tiny_config(tmp_path / "fp32", precision="fp32"), 8)
   for model in state.models.values():

@@ -136,7 +136,7 @@ def test_single_file_format_and_exit_codes(model_dir, awkward, tmp_path):
 
 
 def test_batching_gives_the_same_pixels_as_one_by_one(model_dir):
-  translator = translate.Translator(translate.resolve_model(model_dir), "fp32", 0, 0, 0)
+  translator = translate.TiledModel(translate.resolve_model(model_dir), "fp32", 0, 0, 0)
   batch = np.stack([_rgb(24, 20) for _ in range(3)])
   together = translator(batch)
   alone = np.concatenate([translator(batch[i:i + 1]) for i in range(3)])
@@ -144,7 +144,7 @@ def test_batching_gives_the_same_pixels_as_one_by_one(model_dir):
 
 
 def test_max_side_resizes_around_the_model(model_dir):
-  translator = translate.Translator(translate.resolve_model(model_dir), "fp32", 0, 0, 40)
+  translator = translate.TiledModel(translate.resolve_model(model_dir), "fp32", 0, 0, 40)
   assert translator.model_size((100, 60, 3)) == (40, 24)
   assert translator(_rgb(100, 60)[None]).shape == (1, 100, 60, 3)
 
@@ -166,7 +166,7 @@ def test_tiled_equals_untiled_away_from_seams(model_dir):
   so the bound of 3 (99th percentile 8) catches that; the seams themselves must blend to
   within the same bound (measured 1.6 overall).
   """
-  translator = translate.Translator(translate.resolve_model(model_dir), "fp32", 0, 0, 0)
+  translator = translate.TiledModel(translate.resolve_model(model_dir), "fp32", 0, 0, 0)
   noise = RNG.normal(size=(128, 192, 3))
   texture = np.asarray(Image.fromarray(
       np.clip((noise - noise.min()) / np.ptp(noise) * 255, 0, 255).astype(np.uint8)).resize(
@@ -184,7 +184,7 @@ def test_tiled_equals_untiled_away_from_seams(model_dir):
 
 
 def test_tiling_an_odd_sized_image_keeps_its_size(model_dir):
-  translator = translate.Translator(translate.resolve_model(model_dir), "fp32", 64, 16, 0)
+  translator = translate.TiledModel(translate.resolve_model(model_dir), "fp32", 64, 16, 0)
   image = _rgb(101, 150)
   assert translator.tiled(image.shape)
   assert translator(image[None]).shape == (1, 101, 150, 3)

@@ -24,6 +24,7 @@ from absl import app, flags  # noqa: E402
 
 from cyclegan import config as config_lib  # noqa: E402
 from cyclegan import train_lib  # noqa: E402
+from cyclegan import workdir as workdir_lib  # noqa: E402
 
 flags.DEFINE_string("data", "../shared/data/horse2zebra", "Folder with trainA/ trainB/ testA/ testB/.")
 flags.DEFINE_integer("max_steps", 3000, "Steps in all (about 20 minutes on 2 cores with bf16).")
@@ -55,9 +56,9 @@ def main(argv):
       checkpoint_every=FLAGS.steps_per_epoch, workdir=workdir, export=False))
   untrained = config.replace(max_steps=0, eval_every=1, workdir=os.path.join(workdir, "untrained"))
   train_lib.train(untrained.replace(max_steps=1, lr=0.0))  # One step at lr 0: the initial model.
-  baseline = _scalars(os.path.join(untrained.workdir, "tensorboard"))
+  baseline = _scalars(workdir_lib.tensorboard_dir(untrained.workdir))
   train_lib.train(config)
-  values = _scalars(os.path.join(workdir, "tensorboard"))
+  values = _scalars(workdir_lib.tensorboard_dir(workdir))
   print(json.dumps({"epoch": 0, "eval_cycle_l1_a": baseline["eval/cycle_l1_a"][1],
                     "eval_cycle_l1_b": baseline["eval/cycle_l1_b"][1]}))
   for end in range(FLAGS.steps_per_epoch, FLAGS.max_steps + 1, FLAGS.steps_per_epoch):

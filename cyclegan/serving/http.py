@@ -19,7 +19,6 @@ import socket
 
 from absl import logging
 
-import tensorflow as tf
 from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
