@@ -12,13 +12,12 @@ import json
 import sys
 import time
 
-import numpy as np
 from absl import flags
 
 from cyclegan import cli
 from cyclegan import config as config_lib
+from cyclegan import evaluation
 from cyclegan import input_pipeline
-from cyclegan import metrics
 from cyclegan import translate
 
 
@@ -42,59 +41,21 @@ def define_flags():
 FLAGS = flags.FLAGS
 
 
-def _images(domain, limit):
-  count = min(domain.size, limit) if limit else domain.size
-  return [domain.load(i).numpy() for i in range(count)]
-
-
-def _translate(translator, images):
-  return [out for batch in input_pipeline.same_size_batches(images, 16)
-          for out in translator(np.stack(batch))]
-
-
 def evaluate(model_path, dataset, split="test", direction="a2b", which="all",
              inception_weights="keras", max_images=0):
-  """The metrics as a dict; raises cli.UserError (e.g. MissingWeightsError, DataError).
-
-  which="all" computes what it can: without InceptionV3 weights it reports the paired metrics
-  and says in "fid_skipped" why FID and KID are not there; "fid" without weights is an error.
-  """
+  """The metrics as a dict (see evaluation.Evaluator.translation); raises cli.UserError."""
   started = time.perf_counter()
   config = config_lib.resolve(None, {"dataset": dataset})
-  source_split, target_split = (f"{split}A", f"{split}B")[::1 if direction == "a2b" else -1]
-  domains = input_pipeline.load_domains(config, (f"{split}A", f"{split}B"))
-  missing = [s for s in (source_split, target_split) if s not in domains]
+  names = {"a": f"{split}A", "b": f"{split}B"}
+  domains = input_pipeline.load_domains(config, tuple(names.values()))
+  missing = [n for n in names.values() if n not in domains]
   if missing:
     raise input_pipeline.DataError(f"{dataset} has no {missing[0]} split to evaluate on")
-  translator = translate.TiledModel(translate.resolve_model(model_path), "fp32", 0, 0, 0)
-  sources = _images(domains[source_split], max_images)
-  targets = _images(domains[target_split], max_images)
-  outputs = _translate(translator, sources)
+  evaluator = evaluation.Evaluator(config, {k: domains[n] for k, n in names.items()},
+                                   max_images)
+  model = translate.TiledModel(translate.resolve_model(model_path), "fp32", 0, 0, 0)
   result = {"model": model_path, "dataset": dataset, "split": split, "direction": direction,
-            "images": len(outputs), "targets": len(targets)}
-  is_paired = input_pipeline.has_pairs(config)
-  if which in ("all", "paired"):
-    if not is_paired and which == "paired":
-      raise input_pipeline.DataError("paired metrics need ground truth: only the built-in "
-                                     "dataset has it; use --metrics fid")
-    if is_paired:
-      result["paired"] = metrics.paired(np.stack(outputs), np.stack(targets))
-      result["identity_baseline"] = metrics.paired(np.stack(sources), np.stack(targets))
-  if which in ("all", "fid"):
-    try:
-      model = metrics.inception(inception_weights)
-    except metrics.MissingWeightsError as e:
-      if which == "fid":
-        raise
-      result["fid_skipped"] = str(e)
-      result["seconds"] = round(time.perf_counter() - started, 1)
-      return result
-    feats = {name: metrics.inception_features(model, images)
-             for name, images in (("outputs", outputs), ("targets", targets), ("sources", sources))}
-    result["fid"] = metrics.fid(feats["outputs"], feats["targets"])
-    result["kid"], result["kid_std"] = metrics.kid(feats["outputs"], feats["targets"])
-    result["fid_identity_baseline"] = metrics.fid(feats["sources"], feats["targets"])
-    result["inception_weights"] = inception_weights
+            **evaluator.translation(model, direction, which, inception_weights)}
   result["seconds"] = round(time.perf_counter() - started, 1)
   return result
 

@@ -23,11 +23,11 @@ from cyclegan import config as config_lib
 from cyclegan import convert_torch
 from cyclegan import runtime
 from cyclegan import workdir as workdir_lib
+from cyclegan import evaluation
 from cyclegan import image_pool
 from cyclegan import images as images_lib
 from cyclegan import input_pipeline
 from cyclegan import losses
-from cyclegan import metrics
 from cyclegan import models
 
 
@@ -204,41 +204,29 @@ def _format_duration(seconds):
       f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+# Images per domain the training-time evaluator keeps (the built-in dataset's 64 held-out pairs).
+EVAL_IMAGES = 64
+
+
 class _Summaries:
-  """TensorBoard scalars and the A, A->B, A->B->A / B, B->A, B->A->B grids."""
+  """TensorBoard: scalars, and the A, A->B, A->B->A / B, B->A, B->A->B grids."""
 
   def __init__(self, config, state, domains, logdir):
     self.writer = tf.summary.create_file_writer(logdir) if logdir else tf.summary.create_noop_writer()
-    test_a = domains.get("testA", domains["trainA"])
-    test_b = domains.get("testB", domains["trainB"])
-    self.samples_a = input_pipeline.sample_images(test_a, config)
-    self.samples_b = input_pipeline.sample_images(test_b, config)
-    if config.eval_every:
-      self.eval_a = input_pipeline.sample_images(test_a, config, count=32)
-      self.eval_b = input_pipeline.sample_images(test_b, config, count=32)
+    self.samples_a = input_pipeline.sample_images(domains.get("testA", domains["trainA"]), config)
+    self.samples_b = input_pipeline.sample_images(domains.get("testB", domains["trainB"]), config)
     g_a2b, g_b2a = state.models["generator_a2b"], state.models["generator_b2a"]
-    # Held-out ground truth exists for the built-in dataset only.
-    self.pairs = (bool(config.eval_every) and input_pipeline.has_pairs(config)
-                  and "testA" in domains)
-    if self.pairs:
-      self.pairs_a = np.stack([domains["testA"].load(i).numpy() for i in range(domains["testA"].size)])
-      self.pairs_b = np.stack([domains["testB"].load(i).numpy() for i in range(domains["testB"].size)])
 
     @tf.function
     def translate(a, b):
       fake_b, fake_a = g_a2b(a), g_b2a(b)
       return fake_b, g_b2a(fake_b), fake_a, g_a2b(fake_a)
+    self.translate = translate
 
-    @tf.function
-    def a2b_uint8(images):
-      return images_lib.to_uint8(g_a2b(images_lib.to_unit_range(images)))
-    self.translate, self.a2b_uint8 = translate, a2b_uint8
-
-  def scalars(self, step, values, lr):
+  def scalars(self, step, values, prefix=""):
     with self.writer.as_default(step=step):
       for name, value in values.items():
-        tf.summary.scalar(f"loss/{name}", value)
-      tf.summary.scalar("learning_rate", lr)
+        tf.summary.scalar(prefix + name, value)
 
   def images(self, step):
     fake_b, rec_a, fake_a, rec_b = self.translate(self.samples_a, self.samples_b)
@@ -247,22 +235,34 @@ class _Summaries:
       tf.summary.image("a_to_b", (as_rows(self.samples_a, fake_b, rec_a)[None] + 1) / 2, step=step)
       tf.summary.image("b_to_a", (as_rows(self.samples_b, fake_a, rec_b)[None] + 1) / 2, step=step)
 
-  def evaluate(self, step):
-    """Quality numbers: test-split cycle L1, and paired metrics where there is ground truth."""
-    _, rec_a, _, rec_b = self.translate(self.eval_a, self.eval_b)
-    values = {"cycle_l1_a": float(tf.reduce_mean(tf.abs(rec_a - self.eval_a))) / 2,
-              "cycle_l1_b": float(tf.reduce_mean(tf.abs(rec_b - self.eval_b))) / 2}
-    if self.pairs:
-      outputs = np.concatenate([self.a2b_uint8(self.pairs_a[i:i + 16]).numpy()
-                                for i in range(0, len(self.pairs_a), 16)])
-      values.update({f"a2b_{k}": v for k, v in metrics.paired(outputs, self.pairs_b).items()})
-    with self.writer.as_default(step=step):
-      for name, value in values.items():
-        tf.summary.scalar(f"eval/{name}", value)
-    return values
-
   def flush(self):
     self.writer.flush()
+
+
+def _uint8_translation(generator):
+  """uint8 batches -> uint8 through a generator in this process, as an export would."""
+  @tf.function(reduce_retracing=True)
+  def translate(images):
+    return images_lib.to_uint8(generator(images_lib.to_unit_range(images)))
+  return translate
+
+
+def _training_evaluation(config, state, domains):
+  """--eval_every's numbers, from evaluation.Evaluator on the test split (else the training
+  split): cycle L1 both ways, and A->B's paired metrics where there is ground truth."""
+  split = "test" if "testA" in domains and "testB" in domains else "train"
+  evaluator = evaluation.Evaluator(
+      config, {"a": domains[f"{split}A"], "b": domains[f"{split}B"]}, EVAL_IMAGES)
+  a2b = _uint8_translation(state.models["generator_a2b"])
+  b2a = _uint8_translation(state.models["generator_b2a"])
+
+  def evaluate():
+    values = evaluator.cycle_l1(a2b, b2a)
+    if evaluator.has_pairs:
+      paired = evaluator.translation(a2b, "a2b", which="paired")["paired"]
+      values.update({f"a2b_{k}": v for k, v in paired.items()})
+    return values
+  return evaluate
 
 
 def _init_generators(config, state):
@@ -328,11 +328,13 @@ def train(config, strategy=None):
   train_step = make_train_step(config, state, strategy)
   summaries = _Summaries(config, state, domains,
                          workdir_lib.tensorboard_dir(workdir) if chief else None)
+  evaluate = _training_evaluation(config, state, domains) if config.eval_every else None
   logging.info("training %s: steps %d..%d, %d steps/epoch, %d replicas, %s",
                config.name, start, last_step, per_epoch, strategy.num_replicas_in_sync,
                config.precision)
   try:
-    _loop(config, state, train_step, iter(dataset), manager, summaries, start, last_step, per_epoch)
+    _loop(config, state, train_step, iter(dataset), manager, summaries, evaluate, start,
+          last_step, per_epoch)
   finally:
     summaries.flush()
     if not chief:
@@ -340,7 +342,8 @@ def train(config, strategy=None):
   return workdir if chief else None
 
 
-def _loop(config, state, train_step, iterator, manager, summaries, start, last_step, per_epoch):
+def _loop(config, state, train_step, iterator, manager, summaries, evaluate, start, last_step,
+          per_epoch):
   schedule = learning_rate_schedule(config, per_epoch)
   timer_start, timer_steps, first_step_s = time.perf_counter(), 0, None
   step = start
@@ -361,14 +364,17 @@ def _loop(config, state, train_step, iterator, manager, summaries, start, last_s
         timer_steps += 1
       if step % config.log_every == 0 or step == last_step:
         lr = float(schedule(step - 1))  # The rate this step used.
-        summaries.scalars(step, values, lr)
+        summaries.scalars(step, values, prefix="loss/")
+        summaries.scalars(step, {"learning_rate": lr})
         _log_progress(config, step, last_step, per_epoch, values, lr,
                       (time.perf_counter() - timer_start) / max(timer_steps, 1))
       if step % config.image_every == 0 or step == last_step:
         summaries.images(step)
-      if config.eval_every and (step % config.eval_every == 0 or step == last_step):
-        logging.info("step %d eval: %s", step, " ".join(
-            f"{k}={v:.4f}" for k, v in summaries.evaluate(step).items()))
+      if evaluate and (step % config.eval_every == 0 or step == last_step):
+        quality = evaluate()
+        summaries.scalars(step, quality, prefix="eval/")
+        logging.info("step %d eval: %s", step,
+                     " ".join(f"{k}={v:.4f}" for k, v in quality.items()))
       if step % config.checkpoint_every == 0:
         manager.save(checkpoint_number=step)
   except KeyboardInterrupt:
