@@ -136,6 +136,22 @@ def test_init_is_normal_0_002_with_zero_bias():
   assert not model.get_layer("block0_conv1").bias.numpy().any()
 
 
+def test_every_layer_draws_its_own_init_from_the_seed():
+  """One shared Keras initializer would give every layer of a shape the same weights (and a
+  seed taken from Python's `random` at import, so no --seed would make a run repeatable)."""
+  import keras
+  def build():
+    keras.utils.set_random_seed(3)
+    return models.resnet_generator(ngf=4, n_blocks=2), models.resnet_generator(ngf=4, n_blocks=2)
+  first, second = build()
+  kernel = lambda model, name: model.get_layer(name).kernel.numpy()
+  assert not np.array_equal(kernel(first, "block0_conv1"), kernel(first, "block1_conv1"))
+  assert not np.array_equal(kernel(first, "stem_conv"), kernel(second, "stem_conv"))
+  again, _ = build()
+  for a, b in zip(first.get_weights(), again.get_weights()):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_mixed_precision_keeps_float32_outputs():
   gen = models.resnet_generator(ngf=4, n_blocks=1, dtype="mixed_bfloat16")
   disc = models.patch_discriminator(ndf=4, dtype="mixed_bfloat16")
