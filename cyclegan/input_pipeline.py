@@ -304,10 +304,10 @@ def same_size_batches(images, batch_size):
     yield batch
 
 
-def sample_images(domain, config, count=4):
-  """The first `count` images of a domain, preprocessed for display, as one batch."""
-  count = min(count, domain.size)
-  images = [preprocess_eval(domain.load(tf.constant(i)), config) for i in range(count)]
+def sample_images(domain, config):
+  """The first 4 images of a domain, preprocessed for display (TensorBoard grids), as a batch."""
+  images = [preprocess_eval(domain.load(tf.constant(i)), config)
+            for i in range(min(4, domain.size))]
   if not fixed_size(config):
     images = images[:1]  # Sizes differ: a batch of one.
   return tf.stack(images)
