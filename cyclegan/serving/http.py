@@ -6,7 +6,8 @@ Endpoints (the first three as in TF Serving, so one client works against both):
   GET  /v1/models/<m>[/versions/<v>]/metadata   signatures
   POST /v1/models/<m>[/versions/<v>]:translate  an image file (raw body or multipart) -> the image
   GET  /                                        a page to upload a photo and see its translation
-Errors are JSON {"error": "..."} with 400 (bad input), 404, 405, 413 (too large) or 500.
+Errors are JSON {"error": "..."} with 400 (bad input), 404, 405, 408 (body stalled), 413 (too
+large) or 500.
 """
 
 import asyncio
@@ -18,7 +19,6 @@ import os
 import socket
 
 from absl import logging
-
 from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
