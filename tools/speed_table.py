@@ -1,0 +1,84 @@
+"""Ours against PyTorch's variants on this machine, in one run: JSON lines, then a table.
+
+  python tools/speed_table.py                      # train 128 and 256, translate 512
+  python tools/speed_table.py --sizes 128 --steps 3
+
+Each measurement runs in its own process (tools/benchmark.py for ours with the defaults
+`cyclegan.train` picks here, tools/torch_reference.py for PyTorch), so peak RSS is its own.
+PyTorch's variants: NCHW and channels_last in fp32, and with bf16 autocast where the CPU has
+AVX512_BF16/AMX; its best is the fastest of them. Name the CPU beside any number you report.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(TOOLS, ".."))
+
+from cyclegan import runtime  # noqa: E402
+
+
+def _measure(script, args):
+  """The JSON line a benchmark script prints."""
+  done = subprocess.run([sys.executable, os.path.join(TOOLS, script), *args], text=True,
+                        capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+  if done.returncode or not lines:
+    sys.exit(f"error: {script} {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+  return json.loads(lines[-1])
+
+
+def _cpu_name():
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    return platform.processor() or "unknown CPU"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256],
+                      help="Square training image sides.")
+  parser.add_argument("--translate_size", type=int, default=512,
+                      help="Image side for the translation (generator forward) row; 0: skip.")
+  parser.add_argument("--steps", type=int, default=5, help="Timed steps after the first.")
+  args = parser.parse_args()
+  variants = [("pytorch nchw", []), ("pytorch channels_last", ["--channels_last"])]
+  if runtime.cpu_has_bf16():
+    variants += [("pytorch bf16", ["--bf16"]),
+                 ("pytorch bf16 channels_last", ["--bf16", "--channels_last"])]
+  rows = [("train", size) for size in args.sizes]
+  rows += [("translate", args.translate_size)] if args.translate_size else []
+  cpu = _cpu_name() + (" (AVX512_BF16/AMX)" if runtime.cpu_has_bf16() else " (no bf16)")
+  table = []
+  for what, size in rows:
+    common = ["--what", what, "--size", str(size), "--steps", str(args.steps)]
+    ours = _measure("benchmark.py", common)
+    theirs = {name: _measure("torch_reference.py", common + extra) for name, extra in variants}
+    for name, result in [("ours", ours), *theirs.items()]:
+      print(json.dumps({"cpu": cpu, "impl": name, **result}), flush=True)
+    best = min(theirs, key=lambda name: theirs[name]["median_s"])
+    table.append((what, size, ours, theirs, best))
+
+  print(f"\n{cpu}, batch 1, median of {args.steps} steps after the first (seconds)\n")
+  names = [name for name, _ in variants]
+  print("| | ours | " + " | ".join(names) + " | ours vs PyTorch's best |")
+  print("|---" * (len(names) + 3) + "|")
+  for what, size, ours, theirs, best in table:
+    cells = [f"{ours['median_s']:.3f} ({ours['precision']})"]
+    cells += [f"{theirs[name]['median_s']:.3f}" for name in names]
+    speedup = theirs[best]["median_s"] / ours["median_s"]
+    print(f"| {what} {size} px | " + " | ".join(cells) + f" | {speedup:.2f}x ({best}) |")
+  for label, key in (("first step", "first_step_s"), ("peak RSS (GB)", "peak_rss_gb")):
+    for what, size, ours, theirs, _ in table:
+      cells = [f"{ours[key]}"] + [f"{theirs[name][key]}" for name in names]
+      print(f"| {label}, {what} {size} px | " + " | ".join(cells) + " | |")
+
+
+if __name__ == "__main__":
+  main()
