@@ -21,7 +21,7 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    sys.stderr.write(f"error: {e}\n")
+    sys.stderr.write("error: " + "; ".join(str(e).splitlines()) + " (see --help)\n")
     sys.exit(USAGE)
 
 
