@@ -189,9 +189,13 @@ def apply_orientation(image, orientation):
   ])
 
 
+def decode_stored(encoded):
+  """Any format TF decodes (JPEG, PNG, GIF, BMP, WebP), any mode -> uint8 RGB as stored."""
+  return tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8)
+
+
 def decode_rgb(encoded):
-  """Any format TF decodes (JPEG, PNG, GIF, BMP, WebP), any mode -> upright uint8 RGB [H, W, 3]."""
-  image = tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8)
-  image = apply_orientation(image, exif_orientation(encoded))
+  """decode_stored, turned upright by the EXIF orientation: [H, W, 3]."""
+  image = apply_orientation(decode_stored(encoded), exif_orientation(encoded))
   image.set_shape([None, None, 3])
   return image
