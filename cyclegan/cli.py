@@ -16,8 +16,20 @@ class UserError(Exception):
   """Something the person running the command can fix; the message says what, and how."""
 
 
-def _parse_flags(argv):
+def _with_bare_values(argv, bare_values):
+  """`--name` given with no value (last, or before another flag) -> `--name=<its bare value>`."""
+  out = []
+  for i, arg in enumerate(argv):
+    name = arg[2:] if arg.startswith("--") else None
+    if name in bare_values and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+      arg = f"--{name}={bare_values[name]}"
+    out.append(arg)
+  return out
+
+
+def _parse_flags(argv, bare_values=None):
   """A bad or missing flag is a usage error too: one line, exit 2 (absl prints all flags)."""
+  argv = _with_bare_values(argv, bare_values or {})
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -25,8 +37,11 @@ def _parse_flags(argv):
     sys.exit(USAGE)
 
 
-def run(main, define_flags):
-  """Defines the flags and runs `main(argv)` under absl; a UserError is one line and exit 2."""
+def run(main, define_flags, bare_values=None):
+  """Defines the flags and runs `main(argv)` under absl; a UserError is one line and exit 2.
+
+  bare_values: {flag name: value} for string flags that may be given alone (`--formats`).
+  """
   def guarded(argv):
     try:
       return main(argv) or OK
@@ -34,7 +49,7 @@ def run(main, define_flags):
       sys.stderr.write(f"error: {e}\n")
       return USAGE
   define_flags()
-  app.run(guarded, flags_parser=_parse_flags)
+  app.run(guarded, flags_parser=lambda argv: _parse_flags(argv, bare_values))
 
 
 def no_arguments(argv):

@@ -15,6 +15,7 @@ from absl import flags, logging
 from cyclegan import cli
 from cyclegan import export
 from cyclegan import models
+from cyclegan import portable
 
 IGNORED_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
 
@@ -108,19 +109,23 @@ def define_flags():
   flags.DEFINE_string("export_dir", None, "Writes <export_dir>/<version>/ (TF Serving layout).",
                       required=True)
   flags.DEFINE_integer("version", None, "Version folder (default: the next free number).")
+  portable.define_flags()
 
 
 def main(argv):
   if len(argv) != 2:
     raise cli.UserError("usage: python -m cyclegan.convert_torch CHECKPOINT.pth --export_dir DIR")
+  formats, size = portable.from_flags()
   try:
     path = convert(argv[1], flags.FLAGS.export_dir, flags.FLAGS.version)
   except OSError as e:
     raise cli.UserError(str(e)) from None
   print(f"SavedModel: {path}\n  translate: python -m cyclegan.translate --model "
         f"{flags.FLAGS.export_dir} --input photos/ --output out/")
+  if formats:
+    export.write_formats(path, formats, size)
   return 0
 
 
 if __name__ == "__main__":
-  cli.run(main, define_flags)
+  cli.run(main, define_flags, bare_values={"formats": "all"})

@@ -1,6 +1,10 @@
-"""SavedModels for each direction, in TF Serving's `<base>/<version>/` layout.
+"""SavedModels for each direction, in TF Serving's `<base>/<version>/` layout, and portable files.
 
 python -m cyclegan.export --workdir workdirs/synthetic --export_dir saved_models/synthetic
+python -m cyclegan.export --model saved_models/synthetic/a2b --formats tflite,onnx
+
+--formats writes TFLite and ONNX files beside the base folder (saved_models/synthetic/a2b.onnx),
+where TF Serving does not look (see portable.py), and checks each one in its runtime.
 
 Each export runs at any image size (reflect-padded to a multiple of 4, then cropped back) and has
 three signatures:
@@ -15,13 +19,17 @@ C++ loader (TF Serving, saved_model_cli) finds them and each weight is stored on
 """
 
 import os
+import time
 
 import tensorflow as tf
 from absl import flags, logging
 
+from cyclegan import any_size
 from cyclegan import cli
 from cyclegan import images as images_lib
 from cyclegan import models
+from cyclegan import portable
+from cyclegan import synthetic
 from cyclegan import workdir as workdir_lib
 
 DIRECTIONS = {"a2b": "generator_a2b", "b2a": "generator_b2a"}
@@ -29,28 +37,6 @@ DIRECTIONS = {"a2b": "generator_a2b", "b2a": "generator_b2a"}
 BYTES_SIGNATURE = "serving_default"
 FLOAT_SIGNATURE = "translate_float"
 UINT8_SIGNATURES = {"fp32": "translate_uint8", "bf16": "translate_uint8_bf16"}  # by precision
-MIN_SIDE = 8  # Smallest side the generator's innermost reflect padding accepts (2 after /4).
-
-
-def _reflect_indices(n, before, after):
-  """Indices of a reflect-padded axis of length n, for any pad amount (also larger than n)."""
-  positions = tf.range(-before, n + after)
-  period = tf.maximum(2 * (n - 1), 1)
-  folded = tf.math.floormod(positions, period)
-  return tf.where(folded >= n, period - folded, folded)
-
-
-def pad_to_multiple(images, multiple=4, min_side=MIN_SIDE):
-  """Reflect-pads [N, H, W, C] so both sides are multiples of `multiple` and >= min_side."""
-  shape = tf.shape(images)
-  padded = []
-  for axis, n in ((1, shape[1]), (2, shape[2])):
-    target = tf.maximum((n + multiple - 1) // multiple * multiple, min_side)
-    before = (target - n) // 2
-    padded.append((axis, _reflect_indices(n, before, target - n - before), before))
-  for axis, indices, _ in padded:
-    images = tf.gather(images, indices, axis=axis)
-  return images, padded[0][2], padded[1][2]
 
 
 class ServingModule(tf.Module):
@@ -60,25 +46,19 @@ class ServingModule(tf.Module):
     super().__init__(name="translator")
     self.generator_variables = [w.value for w in generator.weights]
 
-    def translate(images):  # float32 [-1, 1], any size
-      shape = tf.shape(images)
-      padded, top, left = pad_to_multiple(images)
-      out = tf.cast(generator(padded, training=False), tf.float32)
-      return out[:, top:top + shape[1], left:left + shape[2], :]
-
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, "images")])
     def translate_float(images):
-      return {"images": translate(images)}
+      return {"images": any_size.translate(generator, images)}
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, "images")])
     def translate_uint8(images):
-      return {"images": images_lib.to_uint8(translate(images_lib.to_unit_range(images)))}
+      return {"images": any_size.translate_uint8(generator, images)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, "image_bytes")])
     def serve_bytes(image_bytes):
       def one(encoded):
         image = images_lib.decode_rgb(encoded)  # Upright by its EXIF orientation.
-        out = images_lib.to_uint8(translate(images_lib.to_unit_range(image[None])))[0]
+        out = any_size.translate_uint8(generator, image[None])[0]
         return tf.io.encode_png(out), tf.shape(out)[:2]
       png, size = tf.map_fn(one, image_bytes, fn_output_signature=(
           tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int32)))
@@ -139,6 +119,21 @@ def save(generator, base, version=None):
   return path
 
 
+def generator_of(loaded):
+  """A float32 Keras generator with the weights of a loaded export.
+
+  Rebuilt by the current code from the stored variables (in `generator.weights` order), so
+  conversions get today's graph whatever version of this project wrote the SavedModel.
+  """
+  weights = list(getattr(loaded, "generator_variables", []))
+  n_blocks, extra = divmod(len(weights) - 12, 4)  # stem 2, down 4, up 4, head 2; 4 per block
+  if not weights or extra or n_blocks < 1 or len(weights[0].shape) != 4:
+    raise ValueError("not a cyclegan export: its variables do not form a generator")
+  generator = models.resnet_generator(weights[0].shape[-1], n_blocks)
+  generator.set_weights([w.numpy() for w in weights])
+  return generator
+
+
 def _workdir_config(workdir):
   config = workdir_lib.load_config(workdir)
   if config is None:
@@ -179,27 +174,84 @@ def usage(paths):
       "png = m.signatures['serving_default'](image_bytes=tf.constant([open('x.jpg','rb').read()]))"
       "['translated_bytes'][0]",
       f"  serve:     TF Serving with --model_base_path={os.path.abspath(os.path.dirname(a2b))}",
+      f"  TFLite, ONNX: python -m cyclegan.export --model {os.path.dirname(a2b)} --formats",
   ])
 
 
+# Least PSNR (dB) against the SavedModel on the check image before the command warns: fp32 files
+# agree to rounding (measured >= 79 dB), fp16 >= 57 dB, int8 30-50 dB (README).
+EXPECTED_PSNR = {"tflite": 45, "tflite_fp16": 40, "tflite_int8": 30, "onnx": 45}
+
+
+def model_base(saved_model):
+  """The folder the files go beside: the base of a <base>/<version>/ layout, else the model."""
+  saved_model = os.path.normpath(saved_model)
+  return os.path.dirname(saved_model) if os.path.basename(saved_model).isdigit() else saved_model
+
+
+def check_image(size=None):
+  """A built-in scene at an odd size (67x93) or the fixed one, to compare files with the export."""
+  height, width = size or (67, 93)
+  return synthetic.warm_scenes(1, max(height, width), seed=0)[:, :height, :width]
+
+
+def write_formats(model_path, formats, size=None):
+  """Converts one export to each format, beside its base folder; prints a line per file."""
+  try:
+    saved_model = resolve_version(model_path)[0]
+    loaded = tf.saved_model.load(saved_model)
+    generator = generator_of(loaded)
+  except (OSError, ValueError) as e:
+    raise cli.UserError(f"--model {model_path}: {e}") from None
+  image = check_image(size)
+  reference = loaded.signatures[UINT8_SIGNATURES["fp32"]](images=tf.constant(image))
+  paths = []
+  for fmt in formats:
+    start = time.perf_counter()
+    data = portable.convert(generator, fmt, size)
+    path = portable.write(data, portable.file_path(model_base(saved_model), fmt, size))
+    seconds = time.perf_counter() - start
+    check = portable.compare(reference["images"].numpy(), portable.runner(path)(image))
+    line = (f"{path}: {os.path.getsize(path) / 2**20:.1f} MiB, converted in {seconds:.0f} s; "
+            f"against the SavedModel on a {image.shape[1]}x{image.shape[2]} image: {check}")
+    if check.psnr < EXPECTED_PSNR[fmt]:
+      line += f" (warning: below the {EXPECTED_PSNR[fmt]} dB this format usually reaches)"
+    print(line, flush=True)
+    paths.append(path)
+  return paths
+
+
 def define_flags():
-  flags.DEFINE_string("workdir", None, "Training workdir with config.json and checkpoints/.",
-                      required=True)
+  flags.DEFINE_string("workdir", None, "Training workdir with config.json and checkpoints/: "
+                      "exports a2b/ and b2a/ SavedModels from its latest checkpoint.")
+  flags.DEFINE_string("model", None, "Instead of --workdir: an existing export (its base path, "
+                      "saved_models/<name>/a2b, or a version folder) to convert to --formats "
+                      "(default all).")
   flags.DEFINE_string("export_dir", None,
                       "Where to write a2b/ and b2a/ (default: saved_models/<name>).")
   flags.DEFINE_integer("version", None, "Version folder to write (default: the next free number).")
+  portable.define_flags()
 
 
 def main(argv):
   cli.no_arguments(argv)
   flags_ = flags.FLAGS
+  if bool(flags_.workdir) == bool(flags_.model):
+    raise cli.UserError("give --workdir (export a training run) or --model (convert an export "
+                        "to --formats), not both")
+  formats, size = portable.from_flags(default="all" if flags_.model else None)
+  if flags_.model:
+    write_formats(flags_.model, formats, size)
+    return
   try:
     export_dir = flags_.export_dir or _workdir_config(flags_.workdir).resolved_export_dir
     paths = export_from_workdir(flags_.workdir, export_dir, flags_.version)
   except (OSError, ValueError) as e:
     raise cli.UserError(str(e)) from None
   print(usage(paths))
+  for path in paths.values() if formats else ():
+    write_formats(path, formats, size)
 
 
 if __name__ == "__main__":
-  cli.run(main, define_flags)
+  cli.run(main, define_flags, bare_values={"formats": "all"})

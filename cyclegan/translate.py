@@ -20,6 +20,7 @@ import tqdm
 from absl import flags, logging
 from PIL import Image
 
+from cyclegan import any_size
 from cyclegan import cli
 from cyclegan import export
 from cyclegan import images as images_lib
@@ -103,7 +104,7 @@ def translate_tiled(run, rgb, tile, overlap):
   instance-norm statistics and borders.
   """
   height, width, _ = rgb.shape
-  padded, top_pad, left_pad = export.pad_to_multiple(tf.constant(rgb[None]))
+  padded, top_pad, left_pad = any_size.pad_to_multiple(tf.constant(rgb[None]))
   padded = padded.numpy()[0]
   tile = max(8, tile // 4 * 4)
   total = np.zeros(padded.shape, np.float32)

@@ -6,6 +6,7 @@ import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -17,6 +18,7 @@ tf.config.set_logical_device_configuration(
     [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
 
 from cyclegan import config as config_lib  # noqa: E402
+from cyclegan import export, models  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -40,6 +42,13 @@ def load_tool(name):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+@pytest.fixture(scope="session")
+def full_size_export(tmp_path_factory):
+  """The reference-size generator (ngf 64, 9 blocks) at its N(0, 0.02) init, exported once."""
+  keras.utils.set_random_seed(0)
+  return export.save(models.resnet_generator(64, 9), str(tmp_path_factory.mktemp("full") / "a2b"))
 
 
 @pytest.fixture

@@ -113,9 +113,12 @@ def test_command_and_one_line_errors(tmp_path):
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
   run = lambda *a: subprocess.run([sys.executable, "-m", "cyclegan.convert_torch", *a], cwd=REPO,
                                   env=env, capture_output=True, text=True, timeout=300)
-  done = run(_save(tmp_path, state), "--export_dir", str(tmp_path / "style"))
+  done = run(_save(tmp_path, state), "--export_dir", str(tmp_path / "style"), "--formats",
+             "tflite")
   assert done.returncode == 0, done.stderr[-2000:]
   assert (tmp_path / "style" / "1" / "saved_model.pb").is_file()
+  assert (tmp_path / "style_fp32.tflite").is_file()  # beside the base folder, checked (stdout)
+  assert "style_fp32.tflite" in done.stdout and "PSNR" in done.stdout
   bad = run(str(tmp_path / "missing.pth"), "--export_dir", str(tmp_path / "x"))
   assert bad.returncode == 2 and "Traceback" not in bad.stderr and "does not exist" in bad.stderr
 

@@ -5,14 +5,12 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
 from cyclegan import export
-from cyclegan import models
 from cyclegan import train_lib
 from conftest import REPO, oriented_jpeg, tiny_config
 
@@ -52,12 +50,6 @@ def test_layout_and_versions(trained, tmp_path):
   assert again["a2b"].endswith(os.path.join("a2b", "1"))
   assert export.export_from_workdir(config.workdir, str(tmp_path / "e"))["a2b"].endswith("2")
   assert not [d for d in os.listdir(tmp_path / "e" / "a2b") if d.startswith(".tmp")]
-
-
-@pytest.mark.parametrize("n,before,after", [(5, 1, 2), (4, 0, 4), (1, 3, 4), (3, 7, 6), (2, 5, 5)])
-def test_reflect_indices_match_numpy_reflect(n, before, after):
-  got = tf.gather(tf.range(n), export._reflect_indices(n, before, after)).numpy()
-  np.testing.assert_array_equal(got, np.pad(np.arange(n), (before, after), mode="reflect"))
 
 
 @pytest.mark.parametrize("height,width", [(70, 50), (64, 48), (1, 1), (3, 5), (9, 257)])
@@ -134,12 +126,6 @@ def _png(image):
   buf = io.BytesIO()
   Image.fromarray(image).save(buf, "PNG")
   return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def full_size_export(tmp_path_factory):
-  keras.utils.set_random_seed(0)
-  return export.save(models.resnet_generator(64, 9), str(tmp_path_factory.mktemp("full") / "a2b"))
 
 
 def test_full_size_export_stores_each_weight_once(full_size_export):
