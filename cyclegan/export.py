@@ -119,8 +119,8 @@ def save(generator, base, version=None):
   return path
 
 
-def generator_of(loaded):
-  """A float32 Keras generator with the weights of a loaded export.
+def generator_of(loaded, dtype="float32"):
+  """A Keras generator (dtype: its policy) with the weights of a loaded export.
 
   Rebuilt by the current code from the stored variables (in `generator.weights` order), so
   conversions get today's graph whatever version of this project wrote the SavedModel.
@@ -129,7 +129,7 @@ def generator_of(loaded):
   n_blocks, extra = divmod(len(weights) - 12, 4)  # stem 2, down 4, up 4, head 2; 4 per block
   if not weights or extra or n_blocks < 1 or len(weights[0].shape) != 4:
     raise ValueError("not a cyclegan export: its variables do not form a generator")
-  generator = models.resnet_generator(weights[0].shape[-1], n_blocks)
+  generator = models.resnet_generator(weights[0].shape[-1], n_blocks, dtype=dtype)
   generator.set_weights([w.numpy() for w in weights])
   return generator
 

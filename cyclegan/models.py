@@ -125,6 +125,35 @@ def resnet_generator(ngf=64, n_blocks=9, name="generator", dtype="float32"):
   return keras.Model(inputs, outputs, name=name)
 
 
+def norm_layers(generator):
+  """The generator's instance norms, in the order its forward pass meets them."""
+  return [l for l in generator.layers if isinstance(l, InstanceNormalization)]
+
+
+def run_generator(generator, x, normalize, stop_before=None):
+  """resnet_generator's forward pass, layer by layer, with `normalize(i, x)` for its i-th norm.
+
+  Lets tiled translation normalise with statistics of the whole image instead of the tile's.
+  Relies on resnet_generator's layer order: a residual block's input is added back at its
+  `_add`. With `stop_before` (a norm index), returns that norm's input instead.
+  """
+  norms = {id(layer): i for i, layer in enumerate(norm_layers(generator))}
+  block_input = None
+  for layer in generator.layers[1:]:
+    if layer.name.endswith("_pad1"):
+      block_input = x
+    if isinstance(layer, keras.layers.Add):
+      x = block_input + x
+    elif id(layer) in norms:
+      if norms[id(layer)] == stop_before:
+        return x
+      x32 = normalize(norms[id(layer)], tf.cast(x, tf.float32))
+      x = tf.cast(x32, x.dtype)
+    else:
+      x = layer(x)
+  return x
+
+
 def patch_discriminator(ndf=64, n_layers=3, name="discriminator", dtype="float32"):
   """Reference `basic` PatchGAN: 70x70 receptive field for n_layers=3; returns logits."""
   inputs = keras.Input(shape=(None, None, 3), name="image")

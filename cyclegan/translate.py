@@ -5,8 +5,8 @@
 Outputs keep each input's relative path, stem and size. Unreadable files are skipped, listed at
 the end, and make the exit status 1; usage errors exit with 2. Existing outputs are skipped
 unless --overwrite, so re-running an interrupted command finishes the job. Images with more
-than --tile^2 pixels are translated in overlapping tiles blended with linear ramps, so memory
-stays bounded whatever the photo's size.
+than --tile^2 pixels are translated in tiles normalised with the whole image's instance-norm
+statistics (tiling.py), so memory stays bounded and tile borders do not show.
 """
 
 import collections
@@ -20,10 +20,11 @@ import tqdm
 from absl import flags, logging
 from PIL import Image
 
-from cyclegan import any_size
 from cyclegan import cli
 from cyclegan import export
 from cyclegan import images as images_lib
+from cyclegan import models
+from cyclegan import tiling
 
 
 
@@ -38,7 +39,8 @@ def define_flags():
   flags.DEFINE_integer("batch_size", 4, "Images of the same size translated together.")
   flags.DEFINE_integer("tile", 2048,
                        "Tile side for images with more than tile^2 pixels; 0: never tile.")
-  flags.DEFINE_integer("overlap", 128, "Pixels that neighbouring tiles share, blended linearly.")
+  flags.DEFINE_integer("overlap", tiling.HALO, "Pixels of context each tile reads from its "
+                       "neighbours on each side, cropped away after.")
   flags.DEFINE_integer("max_side", 0, "Resize so the longer side is at most this before the "
                        "model, and the result back to the input's size; 0: full resolution.")
   flags.DEFINE_enum("precision", "fp32", list(export.UINT8_SIGNATURES),
@@ -69,60 +71,6 @@ def output_path(output_dir, relative, fmt):
   return os.path.join(output_dir, os.path.splitext(relative)[0] + "." + fmt)
 
 
-# --- Tiling ----------------------------------------------------------------------------------
-
-def tile_starts(length, tile, overlap, align=4):
-  """Starts of tiles of side `tile` covering [0, length), neighbours sharing >= overlap pixels.
-
-  Starts are multiples of `align` (the generator's stride), so that every tile sees the same
-  pixel grid as the whole image would; `length` and `tile` must be multiples of it too.
-  """
-  if length <= tile:
-    return [0]
-  count = -(-(length - overlap - align) // (tile - overlap - align))
-  return [round(i * (length - tile) / (count - 1) / align) * align for i in range(count)]
-
-
-def _ramp(size, start, stop, length, overlap):
-  """1 inside, rising linearly over `overlap` pixels at each side that has a neighbour."""
-  weight = np.ones(size, np.float32)
-  if not overlap:
-    return weight
-  ramp = np.arange(1, overlap + 1, dtype=np.float32) / (overlap + 1)
-  if start > 0:
-    weight[:overlap] = np.minimum(weight[:overlap], ramp)
-  if stop < length:
-    weight[-overlap:] = np.minimum(weight[-overlap:], ramp[::-1])
-  return weight
-
-
-def translate_tiled(run, rgb, tile, overlap):
-  """Translates [H, W, 3] tile by tile, blending overlaps with linear weights.
-
-  The image is first reflect-padded exactly as the export pads whole images, so tiles are
-  aligned with whole-image inference; they differ from it only through each tile's own
-  instance-norm statistics and borders.
-  """
-  height, width, _ = rgb.shape
-  padded, top_pad, left_pad = any_size.pad_to_multiple(tf.constant(rgb[None]))
-  padded = padded.numpy()[0]
-  tile = max(8, tile // 4 * 4)
-  total = np.zeros(padded.shape, np.float32)
-  weights = np.zeros(padded.shape[:2] + (1,), np.float32)
-  full_h, full_w, _ = padded.shape
-  for top in tile_starts(full_h, tile, overlap):
-    for left in tile_starts(full_w, tile, overlap):
-      bottom, right = min(top + tile, full_h), min(left + tile, full_w)
-      out = run(padded[None, top:bottom, left:right])[0].astype(np.float32)
-      w = (_ramp(bottom - top, top, bottom, full_h, overlap)[:, None] *
-           _ramp(right - left, left, right, full_w, overlap)[None, :])[..., None]
-      total[top:bottom, left:right] += out * w
-      weights[top:bottom, left:right] += w
-  out = total[int(top_pad):int(top_pad) + height, int(left_pad):int(left_pad) + width]
-  return np.clip(np.round(out / weights[int(top_pad):int(top_pad) + height,
-                                         int(left_pad):int(left_pad) + width]), 0, 255).astype(np.uint8)
-
-
 # --- The run ---------------------------------------------------------------------------------
 
 Job = collections.namedtuple("Job", "source relative target fmt")
@@ -144,6 +92,8 @@ class TiledModel:
                        "use --precision fp32 or export it again with this version")
     self._loaded = loaded  # Keeps the variables alive.
     self._signature = loaded.signatures[export.UINT8_SIGNATURES[precision]]
+    self._precision = precision
+    self._shared_statistics = None  # Built on the first image that needs tiles.
     self.tile, self.overlap, self.max_side = tile, overlap, max_side
 
   def _run(self, batch):
@@ -166,7 +116,10 @@ class TiledModel:
     if size != original:
       batch = _resize(batch, size)
     if self.tiled(batch.shape[1:]):
-      out = np.stack([translate_tiled(self._run, x, self.tile, self.overlap) for x in batch])
+      if self._shared_statistics is None:
+        generator = export.generator_of(self._loaded, models.POLICIES[self._precision])
+        self._shared_statistics = tiling.SharedStatistics(generator, self.tile, self.overlap)
+      out = np.stack([tiling.translate_uint8(self._shared_statistics, x) for x in batch])
     else:
       out = self._run(batch)
     return _resize(out, original) if size != original else out
