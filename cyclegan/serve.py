@@ -42,8 +42,15 @@ def define_flags():
                        "GetModelMetadata, GetModelStatus) on this port (TF Serving's is 8500). "
                        "Needs: pip install --no-deps tensorflow-serving-api")
   flags.DEFINE_integer("max_body_mb", 32, "Largest request body, in MiB; larger ones get 413.")
-  flags.DEFINE_integer("max_pixels", 2048 * 2048, "Largest image, in pixels, per image; larger "
-                       "ones get 413 (memory grows with pixels: ~2 GB per megapixel in fp32).")
+  flags.DEFINE_integer("max_pixels", 2048 * 2048, "Largest image of :predict (and gRPC), in "
+                       "pixels; larger ones get 413 (the whole image goes through the model: "
+                       "~2 GB per megapixel in fp32).")
+  flags.DEFINE_integer("tile", 1024, ":translate translates images of more than tile^2 pixels "
+                       "in tiles normalised with the whole image's statistics, as "
+                       "cyclegan.translate does; 0: never tile.")
+  flags.DEFINE_integer("max_translate_pixels", 6000 * 4000, "Largest image :translate takes, "
+                       "in pixels (tiled, so memory grows with --tile: 5.7 GB at 1024 for "
+                       "6000x4000 with the full-size generator in fp32).")
   flags.DEFINE_integer("max_batch", 8, "Most images per model call when requests queue up.")
   flags.DEFINE_enum("precision", "fp32", list(export.UINT8_SIGNATURES),
                     "Compute precision of :translate (bf16 is ~1.6x faster on CPUs with "
@@ -75,7 +82,7 @@ def main(argv):
   host = f"[{host}]" if ":" in host else host
   grpc_address = f"{host}:{f.grpc_port}" if f.grpc_port is not None else None
   server = http.Server(runners, f.max_body_mb * 2**20, f.max_pixels, f.precision, grpc_address,
-                       f.body_timeout)
+                       f.body_timeout, f.tile, f.max_translate_pixels)
   url = f"http://{host}:{port}"
   for name, runner in sorted(runners.items()):
     print(f"serving {name} (version {runner.version}, {runner.path}) at "

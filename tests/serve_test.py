@@ -21,9 +21,12 @@ from PIL import Image
 
 from cyclegan import export
 from cyclegan import models
+from cyclegan import tiling
 from conftest import REPO, oriented_jpeg
 
 MAX_PIXELS = 100_000
+TILE = 300  # :translate tiles images of more than 90000 pixels
+MAX_TRANSLATE_PIXELS = 200_000
 
 
 def _free_port():
@@ -82,6 +85,7 @@ def grpc_port():
 @pytest.fixture(scope="module")
 def server(export_dir, grpc_port):
   args = ["--model_dir", str(export_dir), "--max_body_mb", "1", "--max_pixels", str(MAX_PIXELS),
+          "--tile", str(TILE), "--max_translate_pixels", str(MAX_TRANSLATE_PIXELS),
           "--body_timeout", "2", "--idle_timeout", "2"]
   try:
     import tensorflow_serving.apis  # noqa: F401
@@ -292,13 +296,27 @@ def test_stalled_idle_and_vanishing_clients(server):
 
 def test_pixel_limit(client):
   big = _encode(np.zeros((400, 300, 3), np.uint8))  # 120000 pixels > MAX_PIXELS
-  for response in (client.post("/v1/models/a2b:translate", content=big),
-                   client.post("/v1/models/a2b:predict", json={"instances": [_b64(big)]}),
+  for response in (client.post("/v1/models/a2b:predict", json={"instances": [_b64(big)]}),
                    client.post("/v1/models/a2b:predict", json={
                        "signature_name": "translate_uint8",
                        "instances": np.zeros((1, 400, 300, 3), np.uint8).tolist()})):
     assert response.status_code == 413
     assert "--max_pixels" in response.json()["error"]
+  huge = client.post("/v1/models/a2b:translate", content=_encode(np.zeros((500, 500, 3),
+                                                                          np.uint8)))
+  assert huge.status_code == 413 and "--max_translate_pixels" in huge.json()["error"]
+
+
+def test_translate_tiles_large_images_as_cyclegan_translate_does(client, saved):
+  """Over --tile^2 pixels, :translate uses tiling.SharedStatistics: the same pixels as the
+  library in this process (up to float rounding between processes)."""
+  rgb = _image(6, 403, 297)  # 119691 pixels: over TILE^2, over --max_pixels
+  response = client.post("/v1/models/a2b:translate", content=_encode(rgb))
+  assert response.status_code == 200, response.text
+  shared = tiling.SharedStatistics(export.generator_of(saved["a2b"]), TILE)
+  want = tiling.translate_uint8(shared, rgb).astype(int)
+  got = _decode(response.content).astype(int)
+  assert got.shape == rgb.shape and np.abs(got - want).max() <= 1
 
 
 def test_concurrent_clients_all_get_their_own_answers(server, saved):

@@ -36,12 +36,12 @@ def image_pixels(data):
     return None
 
 
-def require_pixels_within(pixels, max_pixels):
-  """Raises TooLarge for an image of more than max_pixels pixels."""
+def require_pixels_within(pixels, max_pixels, flag="--max_pixels"):
+  """Raises TooLarge for an image of more than max_pixels pixels (the limit set by `flag`)."""
   if pixels > max_pixels:
     raise TooLarge(f"an image has {pixels} pixels, more than the server's limit of "
-                   f"{max_pixels} (--max_pixels); downscale it, or use cyclegan.translate, "
-                   "which tiles large images")
+                   f"{max_pixels} ({flag}); downscale it, or use cyclegan.translate, "
+                   "which has no limit")
 
 
 def check_pixels(inputs, signature, max_pixels):

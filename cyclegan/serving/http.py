@@ -17,6 +17,7 @@ import io
 import json
 import os
 import socket
+import threading
 
 from absl import logging
 from google.protobuf import json_format
@@ -31,6 +32,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cyclegan import export
 from cyclegan import images as images_lib
+from cyclegan import models
+from cyclegan import tiling
 from cyclegan.serving import errors
 from cyclegan.serving import rest
 from cyclegan.serving import runner as runner_lib
@@ -134,8 +137,13 @@ class Server:
   """The models and limits behind the routes."""
 
   def __init__(self, runners, max_body_bytes, max_pixels, precision="fp32", grpc_address=None,
-               body_timeout=30.0):
+               body_timeout=30.0, tile=1024, max_translate_pixels=None):
     self.runners = runners
+    self.precision = precision
+    self.tile = tile  # :translate tiles images of more pixels than tile^2, as cyclegan.translate
+    self.max_translate_pixels = max_translate_pixels or max_pixels
+    self._tilers = {}  # runner name -> tiling.SharedStatistics, built on first use
+    self._tiling = threading.Lock()  # One tiled image at a time: memory stays bounded.
     self.body_timeout = body_timeout
     self.grpc_address = grpc_address
     self.max_body_bytes = max_body_bytes
@@ -221,16 +229,27 @@ class Server:
     if pixels is None:
       raise errors.RequestError("the upload is not an image Pillow can read (JPEG, PNG, WebP, "
                               "TIFF, BMP, GIF, ...)")
-    errors.require_pixels_within(pixels, self.max_pixels)
+    errors.require_pixels_within(pixels, self.max_translate_pixels, "--max_translate_pixels")
     try:
       rgb, alpha = await run_in_threadpool(images_lib.read_image, io.BytesIO(data))
     except images_lib.ImageReadError as e:
       raise errors.RequestError(f"the image could not be decoded: {e}") from None
-    outputs = await runner.run(self.translate_signature, {"images": rgb[None]})
-    encoded = await run_in_threadpool(encode_image, outputs["images"][0], alpha, fmt)
+    if self.tile and rgb.shape[0] * rgb.shape[1] > self.tile ** 2:
+      out = await run_in_threadpool(self.translate_tiled, runner, rgb)
+    else:
+      out = (await runner.run(self.translate_signature, {"images": rgb[None]}))["images"][0]
+    encoded = await run_in_threadpool(encode_image, out, alpha, fmt)
     return Response(encoded, media_type=MEDIA_TYPES[fmt],
                     headers={"X-Model-Version": str(runner.version)})
 
+
+  def translate_tiled(self, runner, rgb):
+    """A large image in tiles with the whole image's statistics (tiling.py), one at a time."""
+    with self._tiling:
+      if runner.name not in self._tilers:
+        generator = export.generator_of(runner.model, models.POLICIES[self.precision])
+        self._tilers[runner.name] = tiling.SharedStatistics(generator, self.tile)
+      return tiling.translate_uint8(self._tilers[runner.name], rgb)
 
 async def _http_error(request, exc):
   if exc.status_code == 405:

@@ -53,9 +53,9 @@ class ModelRunner:
     self.name = name
     self.path, self.version = export.resolve_version(path)
     self.max_batch = max_batch
-    self._model = tf.saved_model.load(self.path)
+    self.model = tf.saved_model.load(self.path)
     self.signatures = {}
-    for key, fn in self._model.signatures.items():
+    for key, fn in self.model.signatures.items():
       self.signatures[key] = Signature(key, dict(fn.structured_input_signature[1]),
                                        dict(fn.structured_outputs))
     self.signature_defs = signature_defs(self.path)
@@ -66,7 +66,7 @@ class ModelRunner:
 
   def call(self, signature, inputs):
     """Runs one signature synchronously; {name: np.ndarray} -> {name: np.ndarray}."""
-    fn = self._model.signatures[signature]
+    fn = self.model.signatures[signature]
     try:
       outputs = fn(**{k: tf.constant(v) for k, v in inputs.items()})
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
