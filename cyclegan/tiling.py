@@ -37,6 +37,11 @@ def tile_boxes(length, tile, halo, align=4):
   return [(max(0, a - halo), min(length, b + halo), a, b) for a, b in zip(cuts, cuts[1:])]
 
 
+def _normalize_with(means, variances):
+  """normalize(i, x) for models.run_generator with given statistics."""
+  return lambda i, x: (x - means[i]) * tf.math.rsqrt(variances[i] + EPSILON)
+
+
 class SharedStatistics:
   """Translates float [1, H, W, 3] images (sides multiples of 4) in tiles, seamlessly."""
 
@@ -48,9 +53,6 @@ class SharedStatistics:
     channels = [n.output.shape[-1] for n in self.norms]
     stat_specs = [tf.TensorSpec([1, 1, 1, c], tf.float32) for c in channels]
     image_spec = tf.TensorSpec([1, None, None, 3], tf.float32)
-
-    def fixed(stats):
-      return lambda i, x: (x - stats[i][0]) * tf.math.rsqrt(stats[i][1] + EPSILON)
 
     @tf.function(input_signature=[image_spec])
     def own_statistics(x):
@@ -64,7 +66,7 @@ class SharedStatistics:
 
     @tf.function(input_signature=[image_spec, stat_specs, stat_specs])
     def forward(x, means, variances):
-      return models.run_generator(generator, x, fixed(list(zip(means, variances))))
+      return models.run_generator(generator, x, _normalize_with(means, variances))
 
     self._own_statistics = own_statistics
     self._forward = forward
@@ -76,10 +78,8 @@ class SharedStatistics:
                for n in self.norms[:index]]
       @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32), specs, specs])
       def norm_input(x, means, variances):
-        stats = list(zip(means, variances))
-        normalize = lambda i, x: (x - stats[i][0]) * tf.math.rsqrt(stats[i][1] + EPSILON)
-        return tf.cast(models.run_generator(self.generator, x, normalize, stop_before=index),
-                       tf.float32)
+        return tf.cast(models.run_generator(self.generator, x, _normalize_with(means, variances),
+                                            stop_before=index), tf.float32)
       self._norm_inputs[index] = norm_input
     return self._norm_inputs[index]
 
