@@ -52,7 +52,9 @@ def main(argv):
   generator = export.generator_of(loaded)
   image = mosaic(FLAGS.side)
   megapixels = image.shape[0] * image.shape[1] / 1e6
-  whole_fn = lambda x: any_size.translate_uint8(generator, tf.constant(x[None])).numpy()[0]
+  graph = tf.function(lambda x: any_size.translate_uint8(generator, x), input_signature=[
+      tf.TensorSpec([1, None, None, 3], tf.uint8)])  # eager would hold every activation
+  whole_fn = lambda x: graph(tf.constant(x[None])).numpy()[0]
   whole_fn(image[:64, :64])  # trace
   start = time.perf_counter()
   whole = whole_fn(image)
