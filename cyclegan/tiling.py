@@ -8,8 +8,8 @@ show. Here every tile is normalised with statistics of the whole image:
   - the others (the residual trunk at 1/4 resolution and the upsampling layers) get those of
     the whole image downscaled by `stats_downscale`, run in one piece.
 Measured on a 2048x2048 mosaic of four photos, tile 512 against the whole image (default model):
-downscaled statistics alone, mean 1.95 levels (1/4) or 1.15 (1/2); exact first three, 0.89
-(see tools/tiling_table.py). The first three cost about 10% of the output pass in FLOPs, the
+downscaled statistics alone, mean 1.88 levels (1/4; 1.15 at 1/2 in a prototype); exact first
+three, 0.79 (tools/tiling_table.py --exact_norms 0,3). The first three cost about 10% of the output pass in FLOPs, the
 downscaled pass 1/16 of it.
 
 Tiles get `halo` pixels of context from their neighbours on each inner side, cropped away after;
@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from cyclegan import any_size
+from cyclegan import export
 from cyclegan import images as images_lib
 from cyclegan import models
 
@@ -131,3 +132,8 @@ def translate_uint8(translator, rgb):
   padded, top, left = any_size.pad_to_multiple(x)
   out = translator(padded)[:, int(top):int(top) + rgb.shape[0], int(left):int(left) + rgb.shape[1]]
   return images_lib.to_uint8(out).numpy()[0]
+
+
+def for_export(loaded, precision, tile, halo=HALO):
+  """SharedStatistics for a loaded SavedModel, computing in its `precision` (fp32, bf16)."""
+  return SharedStatistics(export.generator_of(loaded, models.POLICIES[precision]), tile, halo)

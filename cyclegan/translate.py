@@ -23,7 +23,6 @@ from PIL import Image
 from cyclegan import cli
 from cyclegan import export
 from cyclegan import images as images_lib
-from cyclegan import models
 from cyclegan import tiling
 
 
@@ -118,8 +117,8 @@ class TiledModel:
       batch = _resize(batch, size)
     if self.tiled(batch.shape[1:]):
       if self._shared_statistics is None:
-        generator = export.generator_of(self._loaded, models.POLICIES[self._precision])
-        self._shared_statistics = tiling.SharedStatistics(generator, self.tile, self.overlap)
+        self._shared_statistics = tiling.for_export(self._loaded, self._precision, self.tile,
+                                                    self.overlap)
       out = np.stack([tiling.translate_uint8(self._shared_statistics, x) for x in batch])
     else:
       out = self._run(batch)

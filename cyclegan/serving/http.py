@@ -32,7 +32,6 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cyclegan import export
 from cyclegan import images as images_lib
-from cyclegan import models
 from cyclegan import tiling
 from cyclegan.serving import errors
 from cyclegan.serving import rest
@@ -242,14 +241,13 @@ class Server:
     return Response(encoded, media_type=MEDIA_TYPES[fmt],
                     headers={"X-Model-Version": str(runner.version)})
 
-
   def translate_tiled(self, runner, rgb):
     """A large image in tiles with the whole image's statistics (tiling.py), one at a time."""
     with self._tiling:
       if runner.name not in self._tilers:
-        generator = export.generator_of(runner.model, models.POLICIES[self.precision])
-        self._tilers[runner.name] = tiling.SharedStatistics(generator, self.tile)
+        self._tilers[runner.name] = tiling.for_export(runner.model, self.precision, self.tile)
       return tiling.translate_uint8(self._tilers[runner.name], rgb)
+
 
 async def _http_error(request, exc):
   if exc.status_code == 405:
