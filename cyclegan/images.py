@@ -21,6 +21,9 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 GRAPH_EXTENSIONS = tuple(e for e in EXTENSIONS if e not in (".tif", ".tiff"))
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "bmp": "BMP", "tif": "TIFF"}
 ALPHA_FORMATS = ("png", "webp", "tif")
+# Pillow refuses images over its decompression-bomb limit (89 MP); tiling keeps memory bounded
+# for larger ones, so read up to 120 MP (a 12000x8000 photo is 96 MP). Larger is refused.
+Image.MAX_IMAGE_PIXELS = 120_000_000
 
 
 class ImageReadError(Exception):
@@ -72,6 +75,17 @@ def read_image(path):
   except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombWarning,
           Image.DecompressionBombError) as e:
     raise ImageReadError(f"{type(e).__name__}: {e}") from e
+
+
+def header_shape(path):
+  """(height, width, 3) from the file's header, without decoding; (0, 0, 3) if unreadable."""
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      with Image.open(path) as image:
+        return image.height, image.width, 3
+  except Exception:  # pylint: disable=broad-except  (read_image reports it)
+    return 0, 0, 3
 
 
 def _split_modes(image):

@@ -49,8 +49,9 @@ def define_flags():
                        "in tiles normalised with the whole image's statistics, as "
                        "cyclegan.translate does; 0: never tile.")
   flags.DEFINE_integer("max_translate_pixels", 6000 * 4000, "Largest image :translate takes, "
-                       "in pixels (tiled, so memory grows with --tile: 5.7 GB at 1024 for "
-                       "6000x4000 with the full-size generator in fp32).")
+                       "in pixels (tiled, so memory grows with --tile, not with the image: "
+                       "about 2 KB per pixel of a tile and its 32 px halo, full-size generator "
+                       "in fp32, plus 12 bytes per image pixel).")
   flags.DEFINE_integer("max_batch", 8, "Most images per model call when requests queue up.")
   flags.DEFINE_enum("precision", "fp32", list(export.UINT8_SIGNATURES),
                     "Compute precision of :translate (bf16 is ~1.6x faster on CPUs with "

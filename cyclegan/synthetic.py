@@ -55,3 +55,11 @@ def make_splits(size=72, n_train=256, n_test=64, seed=0):
       "testA": test_a,
       "testB": to_domain_b(test_a),
   }
+
+
+def camera_pan(image, frames, height, width, step):
+  """[frames, height, width, 3] crops of `image` moving `step` pixels right per frame: a camera
+  pan whose motion is known exactly (frame t+1 at column x shows frame t at x + step)."""
+  if width + step * (frames - 1) > image.shape[1] or height > image.shape[0]:
+    raise ValueError(f"a {image.shape[1]}x{image.shape[0]} image is too small for this pan")
+  return np.stack([image[:height, t * step:t * step + width] for t in range(frames)])

@@ -1,8 +1,10 @@
-"""Translate a file or a folder of images with an exported model.
+"""Translate a file or a folder of images and videos with an exported model.
 
   python -m cyclegan.translate --model saved_models/monet2photo/b2a --input photos/ --output out/
 
-Outputs keep each input's relative path, stem and size. Unreadable files are skipped, listed at
+Outputs keep each input's relative path, stem and size; videos (mp4, mov, mkv, webm, avi,
+animated GIF/WebP) keep their container, frames, timing and audio (video.py), with colours
+steadied over each shot (temporal.py). Unreadable files are skipped, listed at
 the end, and make the exit status 1; usage errors exit with 2. Existing outputs are skipped
 unless --overwrite, so re-running an interrupted command finishes the job. Images with more
 than --tile^2 pixels are translated in tiles normalised with the whole image's instance-norm
@@ -23,7 +25,10 @@ from PIL import Image
 from cyclegan import cli
 from cyclegan import export
 from cyclegan import images as images_lib
+from cyclegan import models
+from cyclegan import temporal
 from cyclegan import tiling
+from cyclegan import video
 
 
 
@@ -36,9 +41,12 @@ def define_flags():
   flags.DEFINE_enum("format", "auto", ["auto", *images_lib.FORMATS],
                     "Output format; auto: jpg for jpg inputs, png otherwise.")
   flags.DEFINE_integer("batch_size", 4, "Images of the same size translated together.")
-  flags.DEFINE_integer("tile", 1024,
-                       "Tile side for images with more than tile^2 pixels; 0: never tile. "
-                       "Peak memory grows with it: 5.7 GB for a 6000x4000 photo at 1024 (fp32).")
+  flags.DEFINE_float("memory_budget", None, "Peak memory to stay within, in GB: images too "
+                     "large for it are translated in tiles (whole-image statistics, no seams). "
+                     "Default: %.1f, or half the available memory if less." % (
+                         tiling.DEFAULT_BUDGET / 1e9))
+  flags.DEFINE_integer("tile", None, "Tile side instead of one from --memory_budget: images of "
+                       "more than tile^2 pixels are tiled; 0: never tile.")
   flags.DEFINE_integer("overlap", tiling.HALO, "Pixels of context each tile reads from its "
                        "neighbours on each side, cropped away after.")
   flags.DEFINE_integer("max_side", 0, "Resize so the longer side is at most this before the "
@@ -46,6 +54,11 @@ def define_flags():
   flags.DEFINE_enum("precision", "fp32", list(export.UINT8_SIGNATURES),
                     "Compute precision of the model.")
   flags.DEFINE_bool("overwrite", False, "Translate again even where the output exists.")
+  flags.DEFINE_integer("video_quality", video.DEFAULT_QUALITY, "Videos' constant quality "
+                       "(x264/VP9 CRF): 0 lossless, 23 x264's default, 51 worst.")
+  flags.DEFINE_bool("stabilize", True, "Videos: smooth the instance-norm statistics over the "
+                    "frames of each shot (cuts detected), so colours do not pump as the camera "
+                    "moves; --nostabilize: each frame on its own, as an image.")
   flags.mark_flags_as_required(["model", "input", "output"])
 
 
@@ -61,10 +74,11 @@ def resolve_model(path):
 
 
 def find_inputs(path):
-  """[(file, path relative to the input root)] for every image-named file, sorted."""
+  """[(file, path relative to the input root)] for every image- or video-named file, sorted."""
   if os.path.isfile(path):
     return [(path, os.path.basename(path))]
-  return [(full, os.path.relpath(full, path)) for full in images_lib.find_images(path)]
+  return [(full, os.path.relpath(full, path)) for full in images_lib.find_images(
+      path, images_lib.EXTENSIONS + video.VIDEO_EXTENSIONS)]
 
 
 def output_path(output_dir, relative, fmt):
@@ -73,19 +87,22 @@ def output_path(output_dir, relative, fmt):
 
 # --- The run ---------------------------------------------------------------------------------
 
-Job = collections.namedtuple("Job", "source relative target fmt")
+Job = collections.namedtuple("Job", "source relative target fmt")  # fmt None: a video
 
 
-def progress_bar(total):
-  """Count, images/s and ETA on stderr; on a terminal one updating line, else a line per 10 s."""
-  return tqdm.tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True,
+def progress_bar(total, unit="img", desc=None):
+  """Count, items/s and ETA on stderr; on a terminal one updating line, else a line per 10 s."""
+  return tqdm.tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True,
                    mininterval=0.1 if sys.stderr.isatty() else 10)
 
 
 class TiledModel:
-  """Runs the SavedModel on uint8 batches, whole or in tiles, with --max_side resizing."""
+  """Runs the SavedModel on uint8 batches, whole or in tiles, with --max_side resizing.
 
-  def __init__(self, model_path, precision, tile, overlap, max_side):
+  tile None: tiles and batches follow `memory_budget` (bytes; None: tiling.default_budget()).
+  """
+
+  def __init__(self, model_path, precision, tile, overlap, max_side, memory_budget=None):
     loaded = tf.saved_model.load(model_path)
     if export.UINT8_SIGNATURES[precision] not in loaded.signatures:
       raise cli.UserError(f"{model_path} has no {export.UINT8_SIGNATURES[precision]} signature: "
@@ -93,8 +110,13 @@ class TiledModel:
     self._loaded = loaded  # Keeps the variables alive.
     self._signature = loaded.signatures[export.UINT8_SIGNATURES[precision]]
     self._precision = precision
-    self._shared_statistics = None  # Built on the first image that needs tiles.
+    self._generator = None  # Keras, for tiles and videos: built when first needed.
+    self._shared_statistics = None
+    self._stable_statistics = None
     self.tile, self.overlap, self.max_side = tile, overlap, max_side
+    self.budget = None if tile is not None else tiling.MemoryBudget(
+        memory_budget or tiling.default_budget(), loaded.generator_variables[0].shape[-1],
+        precision)
 
   def _run(self, batch):
     return self._signature(images=tf.constant(batch))["images"].numpy()
@@ -105,9 +127,21 @@ class TiledModel:
     scale = min(1.0, self.max_side / max(height, width)) if self.max_side else 1.0
     return max(1, round(height * scale)), max(1, round(width * scale))
 
+  def call_pixels(self, shape):
+    """The most pixels one model call may take for an image of `shape`."""
+    height, width = self.model_size(shape)
+    if self.budget:
+      return self.budget.call_pixels(height * width)
+    return self.tile ** 2 if self.tile else sys.maxsize
+
   def tiled(self, shape):
     height, width = self.model_size(shape)
-    return bool(self.tile) and height * width > self.tile * self.tile
+    return height * width > self.call_pixels(shape)
+
+  def batch_limit(self, shape):
+    """Images of `shape` one call may take together."""
+    height, width = self.model_size(shape)
+    return max(1, int(self.call_pixels(shape) // (height * width)))
 
   def __call__(self, batch):
     """uint8 [N, H, W, 3] of one size -> the same shape, translated."""
@@ -116,13 +150,49 @@ class TiledModel:
     if size != original:
       batch = _resize(batch, size)
     if self.tiled(batch.shape[1:]):
-      if self._shared_statistics is None:
-        self._shared_statistics = tiling.for_export(self._loaded, self._precision, self.tile,
-                                                    self.overlap)
-      out = np.stack([tiling.translate_uint8(self._shared_statistics, x) for x in batch])
+      out = np.stack([self._tiles()(x, *self._tiling(x.shape)) for x in batch])
     else:
       out = self._run(batch)
     return _resize(out, original) if size != original else out
+
+  def generator(self):
+    if self._generator is None:
+      self._generator = export.generator_of(self._loaded, models.POLICIES[self._precision])
+    return self._generator
+
+  def _tiles(self):
+    if self._shared_statistics is None:
+      self._shared_statistics = tiling.SharedStatistics(self.generator(), self.overlap)
+    return self._shared_statistics
+
+  def _tiling(self, shape):
+    """(tile, stats_pixels) for an image of `shape` (at model size)."""
+    if not self.budget:
+      return self.tile, None
+    pixels = shape[0] * shape[1]
+    return self.budget.tile(pixels, self.overlap), self.budget.call_pixels(pixels)
+
+  def video_frames(self, stabilize):
+    """translate_batch for one video's frames, in order: steadied over shots, or as images."""
+    if not stabilize:
+      return self
+    if self._stable_statistics is None:
+      self._stable_statistics = temporal.StableStatistics(self.generator())
+    stable, shots, flow = self._stable_statistics, temporal.ShotDetector(), temporal.FlowBlending()
+    stable.reset()
+
+    def translate_frames(frames):
+      starts = [shots.starts_shot(f) for f in frames]
+      size = self.model_size(frames.shape[1:])
+      inputs = _resize(frames, size) if size != frames.shape[1:3] else frames
+      if self.tiled(inputs.shape[1:]):
+        out = np.stack([stable.tiled(f, start, self._tiles(), *self._tiling(f.shape))
+                        for f, start in zip(inputs, starts)])
+      else:
+        out = stable(inputs, starts)
+      return flow(frames, _resize(out, frames.shape[1:3]) if size != frames.shape[1:3] else out,
+                  starts)
+    return translate_frames
 
 
 def _resize(batch, size):
@@ -130,19 +200,27 @@ def _resize(batch, size):
 
 
 def translate_all(jobs, translator, batch_size, progress):
-  """Decodes ahead and encodes behind on threads while the model runs; returns failures."""
+  """Decodes ahead and encodes behind on threads while the model runs; returns failures.
+
+  Images that need tiles are read and written one at a time, with nothing read ahead of them,
+  so that memory stays within the translator's budget.
+  """
   failures = []
   with concurrent.futures.ThreadPoolExecutor(2) as readers, \
       concurrent.futures.ThreadPoolExecutor(2) as writers:
-    pending_reads = collections.deque()
+    pending_reads = collections.deque()  # (job, large, future)
     writes = []
-    job_iter = iter(jobs)
+    waiting = collections.deque(jobs)
 
     def refill():
-      for job in job_iter:
-        pending_reads.append((job, readers.submit(images_lib.read_image, job.source)))
-        if len(pending_reads) >= 2 * batch_size + 2:
-          break
+      while waiting and len(pending_reads) < 2 * batch_size + 2:
+        if pending_reads and pending_reads[-1][1]:
+          return
+        large = translator.tiled(images_lib.header_shape(waiting[0].source))
+        if large and pending_reads:
+          return
+        job = waiting.popleft()
+        pending_reads.append((job, large, readers.submit(images_lib.read_image, job.source)))
 
     def flush(batch):
       if not batch:
@@ -150,26 +228,30 @@ def translate_all(jobs, translator, batch_size, progress):
       outputs = translator(np.stack([rgb for _, rgb, _ in batch]))
       for (job, _, alpha), out in zip(batch, outputs):
         writes.append((job, writers.submit(images_lib.write_image, job.target, out, alpha, job.fmt)))
+      if translator.tiled(outputs.shape[1:]):
+        concurrent.futures.wait([writes[-1][1]])
       progress.update(len(batch))
       batch.clear()
 
     batch = []
     refill()
     while pending_reads:
-      job, future = pending_reads.popleft()
-      refill()
+      job, _, future = pending_reads.popleft()
       try:
         rgb, alpha = future.result()
       except images_lib.ImageReadError as e:
         failures.append((job.source, str(e)))
         logging.warning("skipping %s: %s", job.source, e)
         progress.update()
+        refill()
         continue
       if batch and (rgb.shape != batch[0][1].shape or translator.tiled(rgb.shape)):
         flush(batch)
       batch.append((job, rgb, alpha))
-      if len(batch) >= batch_size or translator.tiled(rgb.shape):
+      if len(batch) >= min(batch_size, translator.batch_limit(rgb.shape)) or translator.tiled(
+          rgb.shape):
         flush(batch)
+      refill()
     flush(batch)
     for job, future in writes:
       try:
@@ -177,6 +259,20 @@ def translate_all(jobs, translator, batch_size, progress):
       except OSError as e:
         failures.append((job.source, f"cannot write {job.target}: {e}"))
   return failures
+
+
+def translate_video(job, translator, batch_size, quality, stabilize):
+  """One video, with a progress bar of its frames; returns its failure, if any, as a list."""
+  frames, shape = video.probe(job.source)
+  batch = min(batch_size, translator.batch_limit(shape)) if shape else 1
+  with progress_bar(frames or None, "frame", job.relative) as progress:
+    try:
+      video.translate(job.source, job.target, translator.video_frames(stabilize), batch,
+                      quality, progress)
+    except video.VideoError as e:
+      logging.warning("skipping %s: %s", job.source, e)
+      return [(job.source, str(e))]
+  return []
 
 
 def plan(input_path, output_dir, fmt, overwrite):
@@ -193,6 +289,13 @@ def plan(input_path, output_dir, fmt, overwrite):
   targets = collections.Counter(
       output_path(output_dir, r, images_lib.output_format(s, fmt)) for s, r in inputs)
   for source, relative in inputs:
+    if video.is_video_name(source) or video.is_animation(source):
+      target = os.path.join(output_dir, relative)
+      if os.path.exists(target) and not overwrite:
+        existing += 1
+      else:
+        jobs.append(Job(source, relative, target, None))
+      continue
     job_fmt = images_lib.output_format(source, fmt)
     target = output_path(output_dir, relative, job_fmt)
     if targets[target] > 1:  # photo.tif and photo.webp: keep both, as photo.tif.png etc.
@@ -208,18 +311,27 @@ def plan(input_path, output_dir, fmt, overwrite):
 
 def main(argv):
   cli.no_arguments(argv)
-  if FLAGS.batch_size < 1 or FLAGS.tile < 0 or FLAGS.overlap < 0 or FLAGS.max_side < 0:
+  if FLAGS.batch_size < 1 or (FLAGS.tile or 0) < 0 or FLAGS.overlap < 0 or FLAGS.max_side < 0:
     raise cli.UserError("--batch_size must be >= 1; --tile, --overlap and --max_side >= 0")
+  if FLAGS.memory_budget is not None and FLAGS.memory_budget <= 0:
+    raise cli.UserError(f"--memory_budget {FLAGS.memory_budget} must be positive (GB)")
   if FLAGS.tile and FLAGS.overlap * 2 >= FLAGS.tile:
     raise cli.UserError(f"--overlap {FLAGS.overlap} must be less than half of --tile {FLAGS.tile}")
   jobs, existing = plan(FLAGS.input, FLAGS.output, FLAGS.format, FLAGS.overwrite)
   translator = TiledModel(resolve_model(FLAGS.model), FLAGS.precision, FLAGS.tile,
-                          FLAGS.overlap, FLAGS.max_side)
+                          FLAGS.overlap, FLAGS.max_side,
+                          FLAGS.memory_budget and FLAGS.memory_budget * 1e9)
   if existing:
     print(f"{existing} outputs exist already and are skipped (--overwrite to redo them)")
-  with progress_bar(len(jobs)) as progress:
-    failures = translate_all(jobs, translator, FLAGS.batch_size, progress)
-  print(f"translated {len(jobs) - len(failures)} of {len(jobs)} images into {FLAGS.output}")
+  image_jobs = [job for job in jobs if job.fmt]
+  failures = []
+  if image_jobs:
+    with progress_bar(len(image_jobs)) as progress:
+      failures += translate_all(image_jobs, translator, FLAGS.batch_size, progress)
+  for job in (job for job in jobs if not job.fmt):
+    failures += translate_video(job, translator, FLAGS.batch_size, FLAGS.video_quality,
+                                FLAGS.stabilize)
+  print(f"translated {len(jobs) - len(failures)} of {len(jobs)} files into {FLAGS.output}")
   if failures:
     print(f"{len(failures)} failed:")
     for source, reason in failures:

@@ -313,8 +313,8 @@ def test_translate_tiles_large_images_as_cyclegan_translate_does(client, saved):
   rgb = _image(6, 403, 297)  # 119691 pixels: over TILE^2, over --max_pixels
   response = client.post("/v1/models/a2b:translate", content=_encode(rgb))
   assert response.status_code == 200, response.text
-  shared = tiling.SharedStatistics(export.generator_of(saved["a2b"]), TILE)
-  want = tiling.translate_uint8(shared, rgb).astype(int)
+  shared = tiling.SharedStatistics(export.generator_of(saved["a2b"]))
+  want = shared(rgb, TILE).astype(int)
   got = _decode(response.content).astype(int)
   assert got.shape == rgb.shape and np.abs(got - want).max() <= 1
 

@@ -24,25 +24,23 @@ from PIL import Image  # noqa: E402
 
 from cyclegan import any_size  # noqa: E402
 from cyclegan import export  # noqa: E402
-from cyclegan import images as images_lib  # noqa: E402
 from cyclegan import tiling  # noqa: E402
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+import real_photos  # noqa: E402  (tools/)
+
 flags.DEFINE_string("model", None, "An export (base path or version folder).", required=True)
 flags.DEFINE_integer("side", 2048, "Mosaic side.")
 flags.DEFINE_integer("tile", 512, "Tile side.")
 flags.DEFINE_integer("halo", tiling.HALO, "Context pixels per tile side.")
 flags.DEFINE_list("exact_norms", ["3"], "Norms with exact statistics, one run per value.")
+flags.DEFINE_integer("stats_downscale", 4, "Downscale of the whole-image pass that gives the "
+                     "other norms' statistics (the memory budget raises it for huge images).")
 flags.DEFINE_string("save", None, "Write the mosaic and outputs as PNGs into this folder.")
 FLAGS = flags.FLAGS
 
 
 def mosaic(side):
-  picks = [("horse2zebra/testA", 0), ("monet2photo/testA", 1), ("horse2zebra/testB", 2),
-           ("monet2photo/testB", 3)]
-  quarters = [np.asarray(Image.fromarray(images_lib.read_image(
-      images_lib.find_images(os.path.join(DATA, folder))[i])[0]).resize(
-          (side // 2, side // 2), Image.BICUBIC)) for folder, i in picks]
+  quarters = real_photos.photos(side // 2)
   return np.concatenate([np.concatenate(quarters[:2], 1), np.concatenate(quarters[2:], 1)], 0)
 
 
@@ -68,10 +66,11 @@ def main(argv):
       own[top:top + tile, left:left + tile] = whole_fn(image[top:top + tile, left:left + tile])
   results["own statistics per tile"] = (own, time.perf_counter() - start)
   for exact in (int(n) for n in FLAGS.exact_norms):
-    shared = tiling.SharedStatistics(generator, tile, FLAGS.halo, exact_norms=exact)
-    tiling.translate_uint8(shared, image[:256, :256])  # trace
+    shared = tiling.SharedStatistics(generator, FLAGS.halo, exact_norms=exact,
+                                     stats_downscale=FLAGS.stats_downscale)
+    shared(image[:256, :256], tile)  # trace
     start = time.perf_counter()
-    out = tiling.translate_uint8(shared, image)
+    out = shared(image, tile)
     results[f"shared statistics, exact first {exact}"] = (out, time.perf_counter() - start)
   for name, (out, seconds) in results.items():
     diff = np.abs(out.astype(int) - whole)

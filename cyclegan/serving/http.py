@@ -245,8 +245,8 @@ class Server:
     """A large image in tiles with the whole image's statistics (tiling.py), one at a time."""
     with self._tiling:
       if runner.name not in self._tilers:
-        self._tilers[runner.name] = tiling.for_export(runner.model, self.precision, self.tile)
-      return tiling.translate_uint8(self._tilers[runner.name], rgb)
+        self._tilers[runner.name] = tiling.for_export(runner.model, self.precision)
+      return self._tilers[runner.name](rgb, self.tile)
 
 
 async def _http_error(request, exc):
