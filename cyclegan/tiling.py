@@ -3,17 +3,18 @@
 A tile normalised by its own statistics gets its own contrast, and the borders between tiles
 show. Here every tile is normalised with statistics of the whole image:
   - the first `exact_norms` norms (stem and the two downsampling layers, at full and half
-    resolution) get exact statistics, each from a tiled pass that runs the network up to that
-    norm and sums its input over the image (the earlier norms already exact);
+    resolution) get exact statistics: tiled passes run the network up to each norm and
+    combine its input's moments over tile cores (the earlier norms already exact);
   - the others (the residual trunk at 1/4 resolution and the upsampling layers) get those of
-    the whole image downscaled by `stats_downscale`, run in one piece.
+    the whole image downscaled by `stats_downscale` (more if the memory budget needs it).
 Measured on a 2048x2048 mosaic of four photos, tile 512 against the whole image (default model):
-downscaled statistics alone, mean 1.88 levels (1/4; 1.15 at 1/2 in a prototype); exact first
-three, 0.79 (tools/tiling_table.py --exact_norms 0,3). The first three cost about 10% of the output pass in FLOPs, the
-downscaled pass 1/16 of it.
+downscaled statistics alone, mean 1.88 levels (1/4); exact first three, 0.80
+(tools/tiling_table.py --exact_norms 0,3). The first three cost about 10% of the output pass in
+FLOPs, the downscaled pass 1/16 of it.
 
 Tiles get `halo` pixels of context from their neighbours on each inner side, cropped away after;
-on the image's own borders the network's reflect padding works as on the whole image.
+on the image's own borders the network's reflect padding works as on the whole image. Memory:
+the image stays uint8 (no float copy), and tile sizes follow a budget (MemoryBudget).
 """
 
 import os
