@@ -36,6 +36,8 @@ flags.DEFINE_list("exact_norms", ["3"], "Norms with exact statistics, one run pe
 flags.DEFINE_integer("stats_downscale", 4, "Downscale of the whole-image pass that gives the "
                      "other norms' statistics (the memory budget raises it for huge images).")
 flags.DEFINE_string("save", None, "Write the mosaic and outputs as PNGs into this folder.")
+flags.DEFINE_string("figure", None, "Write the README's before/after picture here (JPEG): a "
+                    "crop where four tiles meet, each tile's own statistics | shared | whole.")
 FLAGS = flags.FLAGS
 
 
@@ -83,6 +85,12 @@ def main(argv):
       Image.fromarray(out).save(os.path.join(FLAGS.save, name.replace(" ", "_") + ".png"))
   if FLAGS.save:
     Image.fromarray(image).save(os.path.join(FLAGS.save, "mosaic.png"))
+  if FLAGS.figure:
+    crop = lambda x: x[tile - 96:tile + 96, tile - 96:tile + 96]  # centred on a tile corner
+    gap = np.full((192, 8, 3), 255, np.uint8)
+    panels = [crop(results[name][0]) for name in list(results)[1:3]] + [crop(whole)]
+    Image.fromarray(np.concatenate([panels[0], gap, panels[1], gap, panels[2]], 1)).save(
+        FLAGS.figure, quality=90)
 
 
 if __name__ == "__main__":
