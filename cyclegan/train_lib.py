@@ -83,8 +83,31 @@ def learning_rate_schedule(config, steps_per_epoch):
   return LinearDecay(config.lr, steps_per_epoch, config.epochs, config.epochs_decay)
 
 
+@keras.saving.register_keras_serializable(package="cyclegan")
+class FusedAdam(keras.optimizers.Adam):
+  """Keras's Adam, same variables and arithmetic, each variable's update one fused TF kernel
+  (ResourceApplyAdam) instead of ~38 ops: the step's graph had 4,400 of its 17,600 ops in
+  the optimizers, all traced in Python and instantiated before the first step."""
+
+  def update_step(self, gradient, variable, learning_rate):
+    index = self._get_variable_index(variable)
+    def local(v):  # the tf.Variable on this device (the update runs once per replica device)
+      v = v.value if isinstance(v, keras.Variable) else v
+      return v._get_on_device_or_primary() if hasattr(v, "_get_on_device_or_primary") else v
+    dtype = variable.dtype
+    step = tf.cast(self.iterations + 1, dtype)
+    tf.raw_ops.ResourceApplyAdam(
+        var=local(variable).handle, m=local(self._momentums[index]).handle,
+        v=local(self._velocities[index]).handle,
+        beta1_power=tf.pow(tf.cast(self.beta_1, dtype), step),
+        beta2_power=tf.pow(tf.cast(self.beta_2, dtype), step),
+        lr=tf.cast(learning_rate, dtype), beta1=tf.cast(self.beta_1, dtype),
+        beta2=tf.cast(self.beta_2, dtype), epsilon=tf.cast(self.epsilon, dtype),
+        grad=tf.cast(gradient, dtype))
+
+
 def _optimizer(config, steps_per_epoch):
-  optimizer = keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch),
+  optimizer = FusedAdam(learning_rate_schedule(config, steps_per_epoch),
                                     beta_1=config.beta1, beta_2=config.beta2,
                                     epsilon=config.adam_epsilon)
   if config.precision == "fp16":

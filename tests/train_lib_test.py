@@ -360,3 +360,22 @@ def test_one_iteration_equals_the_reference(tmp_path, gan_mode):
     scale = norm(exact[name])
     error = lambda got: norm([g - e for g, e in zip(got, exact[name])]) / scale
     assert error(torch32[name]) <= 1e-4 and error(change) <= 2e-2, (name, error(change))
+
+
+def test_fused_adam_updates_as_keras_adam():
+  """Same variables and arithmetic as keras.optimizers.Adam, one kernel per variable."""
+  rng = np.random.default_rng(0)
+  gradients = [rng.normal(size=(3, 4)).astype(np.float32) for _ in range(5)]
+  results = []
+  for optimizer_class in (keras.optimizers.Adam, train_lib.FusedAdam):
+    weights = keras.Variable(np.ones((3, 4), np.float32))
+    optimizer = optimizer_class(learning_rate=0.01, beta_1=0.5, beta_2=0.999, epsilon=1e-8)
+    optimizer.build([weights])
+    step = tf.function(lambda g: optimizer.apply([g], [weights]))
+    for gradient in gradients:
+      step(tf.constant(gradient))
+    results.append([weights.numpy(), optimizer._momentums[0].numpy(),
+                    optimizer._velocities[0].numpy()])
+  assert np.abs(results[0][0] - 1).max() > 0.01  # it moved
+  for want, got in zip(*results):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
