@@ -56,9 +56,10 @@ def define_flags():
   flags.DEFINE_bool("overwrite", False, "Translate again even where the output exists.")
   flags.DEFINE_integer("video_quality", video.DEFAULT_QUALITY, "Videos' constant quality "
                        "(x264/VP9 CRF): 0 lossless, 23 x264's default, 51 worst.")
-  flags.DEFINE_bool("stabilize", True, "Videos: smooth the instance-norm statistics over the "
-                    "frames of each shot (cuts detected), so colours do not pump as the camera "
-                    "moves; --nostabilize: each frame on its own, as an image.")
+  flags.DEFINE_bool("stabilize", True, "Videos: steady colours over each shot (cuts "
+                    "detected): instance-norm statistics averaged over its frames, and each "
+                    "output blended with the previous one along the optical flow; "
+                    "--nostabilize: each frame on its own, as an image.")
   flags.mark_flags_as_required(["model", "input", "output"])
 
 
