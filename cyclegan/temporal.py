@@ -1,10 +1,11 @@
-"""Steady colours in video: instance-norm statistics smoothed over the frames of a shot.
+"""Steady colours in video: statistics smoothed over the frames of a shot, flow blending.
 
 Each frame normalised by its own statistics gets its own contrast, and as the camera moves the
 colours pump. Here every norm uses an exponential moving average of the frames' statistics
 since the last cut, computed inside the same pass (no extra pass per frame); a cut (a change of
-colour histogram) starts the average again, so a new scene is not tinted by the last one.
-tools/warping_error.py measures the effect on a synthetic pan.
+colour histogram) starts the average again, so a new scene is not tinted by the last one. Most
+of the flicker on a moving scene comes from the strided convolutions, though, and that
+FlowBlending averages out. tools/warping_error.py measures both on a synthetic pan.
 """
 
 import cv2
@@ -102,9 +103,10 @@ class StableStatistics:
     self._carried = [means, variances]
     return out.numpy()
 
-  def tiled(self, frame, starts, tiles, tile, stats_pixels=None):
-    """One frame too large for a call: tiles (SharedStatistics) with smoothed statistics."""
-    keep = 0.0 if starts else self.momentum
+  def tiled(self, frame, start, tiles, tile, stats_pixels=None):
+    """One frame too large for a call (start: it begins a shot): tiles (SharedStatistics)
+    with smoothed statistics."""
+    keep = 0.0 if start else self.momentum
 
     def smooth(stats):
       if self._carried is not None and keep:

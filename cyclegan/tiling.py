@@ -161,8 +161,8 @@ class SharedStatistics:
     means, variances = [m for m, _ in stats], [v for _, v in stats]
     out = np.empty_like(rgb)
     for (t, b, l, r), (ct, cb, cl, cr) in self._tiles(*rgb.shape[:2], tile):
-      tile = self._forward(rgb[None, t:b, l:r], means, variances).numpy()[0]
-      out[t + ct:t + cb, l + cl:l + cr] = tile[ct:cb, cl:cr]
+      piece = self._forward(rgb[None, t:b, l:r], means, variances).numpy()[0]
+      out[t + ct:t + cb, l + cl:l + cr] = piece[ct:cb, cl:cr]
     return out[top:top + height, left:left + width]
 
 

@@ -108,8 +108,7 @@ class FusedAdam(keras.optimizers.Adam):
 
 def _optimizer(config, steps_per_epoch):
   optimizer = FusedAdam(learning_rate_schedule(config, steps_per_epoch),
-                                    beta_1=config.beta1, beta_2=config.beta2,
-                                    epsilon=config.adam_epsilon)
+                        beta_1=config.beta1, beta_2=config.beta2, epsilon=config.adam_epsilon)
   if config.precision == "fp16":
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   return optimizer

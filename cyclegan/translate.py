@@ -146,14 +146,20 @@ class TiledModel:
 
   def __call__(self, batch):
     """uint8 [N, H, W, 3] of one size -> the same shape, translated."""
+    return self._at_model_size(batch, self._run, lambda _, x, *tiling_args: self._tiles()(
+        x, *tiling_args))
+
+  def _at_model_size(self, batch, whole, tiled):
+    """whole(batch), or tiled(i, image, tile, stats_pixels) for each image too large for one
+    call, with --max_side resizing around them."""
     original = batch.shape[1:3]
     size = self.model_size(batch.shape[1:])
     if size != original:
       batch = _resize(batch, size)
     if self.tiled(batch.shape[1:]):
-      out = np.stack([self._tiles()(x, *self._tiling(x.shape)) for x in batch])
+      out = np.stack([tiled(i, x, *self._tiling(x.shape)) for i, x in enumerate(batch)])
     else:
-      out = self._run(batch)
+      out = whole(batch)
     return _resize(out, original) if size != original else out
 
   def generator(self):
@@ -184,15 +190,11 @@ class TiledModel:
 
     def translate_frames(frames):
       starts = [shots.starts_shot(f) for f in frames]
-      size = self.model_size(frames.shape[1:])
-      inputs = _resize(frames, size) if size != frames.shape[1:3] else frames
-      if self.tiled(inputs.shape[1:]):
-        out = np.stack([stable.tiled(f, start, self._tiles(), *self._tiling(f.shape))
-                        for f, start in zip(inputs, starts)])
-      else:
-        out = stable(inputs, starts)
-      return flow(frames, _resize(out, frames.shape[1:3]) if size != frames.shape[1:3] else out,
-                  starts)
+      out = self._at_model_size(
+          frames, lambda batch: stable(batch, starts),
+          lambda i, frame, *tiling_args: stable.tiled(frame, starts[i], self._tiles(),
+                                                      *tiling_args))
+      return flow(frames, out, starts)
     return translate_frames
 
 
@@ -246,11 +248,10 @@ def translate_all(jobs, translator, batch_size, progress):
         progress.update()
         refill()
         continue
-      if batch and (rgb.shape != batch[0][1].shape or translator.tiled(rgb.shape)):
+      if batch and rgb.shape != batch[0][1].shape:
         flush(batch)
       batch.append((job, rgb, alpha))
-      if len(batch) >= min(batch_size, translator.batch_limit(rgb.shape)) or translator.tiled(
-          rgb.shape):
+      if len(batch) >= min(batch_size, translator.batch_limit(rgb.shape)):  # 1 if tiled
         flush(batch)
       refill()
     flush(batch)
