@@ -79,9 +79,12 @@ class Config:
       "loss scaling on older GPUs (7.x); fp32 elsewhere.", ("auto", "fp32", "bf16", "fp16"))
   jit_compile: bool = _field(False, "Compile the train step with XLA (slower on CPU: measured).")
   graph_optimizer: str = _field(
-      "auto", "TensorFlow's graph optimizer (Grappler). auto: off for big models on CPU-only "
-      "machines (it adds 4-8 s to their first step and nothing to the step time), else on.",
+      "auto", "TensorFlow's graph optimizer (Grappler). auto: off on CPU-only machines (it adds "
+      "3-8 s to the first step and nothing to the step time), else on.",
       ("auto", "on", "off"))
+  steps_per_call: int = _field(
+      0, "Train steps per tf.function call, with no host round trip between them (0: auto, "
+      "about a second of steps; a call also ends at each step that logs or saves).")
   max_steps: int = _field(0, "Stop after this many steps in total (0: the full schedule).")
   checkpoint_every: int = _field(1000, "Save a checkpoint every this many steps.")
   keep_checkpoints: int = _field(3, "Checkpoints to keep.")
@@ -165,8 +168,13 @@ def _validate(c):
     raise ConfigError(f"crop_size {c.crop_size} is larger than load_size {c.load_size}")
   if c.epochs + c.epochs_decay <= 0:
     raise ConfigError("epochs + epochs_decay must be positive")
-  if min(c.max_steps, c.pool_size, c.lambda_identity, c.lambda_a, c.lambda_b, c.eval_every) < 0:
-    raise ConfigError("max_steps, pool_size, eval_every and the lambdas must not be negative")
+  if c.jit_compile and c.pool_size:
+    raise ConfigError("--jit_compile compiles the whole step with XLA, which cannot hold the "
+                      "image pool (its storage changes size): add --pool_size 0")
+  if min(c.max_steps, c.pool_size, c.lambda_identity, c.lambda_a, c.lambda_b, c.eval_every,
+         c.steps_per_call) < 0:
+    raise ConfigError("max_steps, pool_size, eval_every, steps_per_call and the lambdas must not "
+                      "be negative")
 
 
 def resolve(config_name, flag_overrides):

@@ -54,6 +54,7 @@ def main(argv):
   overrides = {name: FLAGS[name].value for name in config_lib.FIELDS if FLAGS[name].present}
   config = resolve_config(FLAGS.config, overrides)
   logging.info("config: %s", config)
+  runtime.configure_threads()
   strategy = runtime.make_strategy(config.strategy, config.tpu)
   runtime.configure_process(config, strategy.num_replicas_in_sync)
   try:

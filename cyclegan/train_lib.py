@@ -7,6 +7,7 @@ so one device with batch 2 and two devices with batch 1 take the same step.
 """
 
 import dataclasses
+import functools
 import hashlib
 import os
 import shutil
@@ -142,8 +143,10 @@ def generator_losses(config, state, real_a, real_b):
   fake_a = g["generator_b2a"](real_b, training=True)
   rec_b = g["generator_a2b"](fake_a, training=True)
   terms = {
-      "g_adv_a2b": losses.adversarial_loss(g["discriminator_b"](fake_b), True, config.gan_mode),
-      "g_adv_b2a": losses.adversarial_loss(g["discriminator_a"](fake_a), True, config.gan_mode),
+      "g_adv_a2b": losses.adversarial_loss(g["discriminator_b"](fake_b, training=True), True,
+                                           config.gan_mode),
+      "g_adv_b2a": losses.adversarial_loss(g["discriminator_a"](fake_a, training=True), True,
+                                           config.gan_mode),
       "cycle_a": config.lambda_a * losses.l1_loss(rec_a, real_a),
       "cycle_b": config.lambda_b * losses.l1_loss(rec_b, real_b),
   }
@@ -164,8 +167,8 @@ def _minimize(optimizer, tape, scaled_loss, variables):
   optimizer.apply(tape.gradient(scaled_loss, variables), variables)
 
 
-def make_train_step(config, state, strategy):
-  """A tf.function taking one distributed batch; returns the global mean of each loss."""
+def _distributed_step(config, state, strategy):
+  """One step on one distributed batch (to be traced): the global mean of each loss."""
   global_batch = config.batch_size
 
   def average(per_example):
@@ -184,14 +187,13 @@ def make_train_step(config, state, strategy):
         tf.stack([tf.constant(config.seed, tf.int64), step]), replica)
     pooled_b = state.pool_b.query(fake_b, tf.random.experimental.stateless_fold_in(seed, 0))
     pooled_a = state.pool_a.query(fake_a, tf.random.experimental.stateless_fold_in(seed, 1))
-    d = state.models
+    d_a, d_b = (functools.partial(state.models[name], training=True)
+                for name in ("discriminator_a", "discriminator_b"))
     with tf.GradientTape() as tape:
       d_terms = {
-          "d_a": losses.discriminator_loss(d["discriminator_a"](real_a),
-                                           d["discriminator_a"](tf.stop_gradient(pooled_a)),
+          "d_a": losses.discriminator_loss(d_a(real_a), d_a(tf.stop_gradient(pooled_a)),
                                            config.gan_mode),
-          "d_b": losses.discriminator_loss(d["discriminator_b"](real_b),
-                                           d["discriminator_b"](tf.stop_gradient(pooled_b)),
+          "d_b": losses.discriminator_loss(d_b(real_b), d_b(tf.stop_gradient(pooled_b)),
                                            config.gan_mode),
       }
       d_loss = average(d_terms["d_a"] + d_terms["d_b"])
@@ -206,13 +208,49 @@ def make_train_step(config, state, strategy):
   def replica_fn(batch, step):
     return replica_step(batch, step)
 
-  @tf.function(reduce_retracing=True)
   def train_step(batch):
     per_replica = strategy.run(replica_fn, args=(batch, state.step.read_value()))
     state.step.assign_add(1)
-    return {k: strategy.reduce("SUM", v, axis=None) for k, v in per_replica.items()}
+    return {k: tf.cast(strategy.reduce("SUM", v, axis=None), tf.float32)
+            for k, v in per_replica.items()}
 
   return train_step
+
+
+def make_train_step(config, state, strategy):
+  """A tf.function taking one distributed batch; returns the global mean of each loss."""
+  return tf.function(_distributed_step(config, state, strategy), reduce_retracing=True)
+
+
+def loss_names(config):
+  """The keys of a step's losses."""
+  generator = ["g_adv_a2b", "g_adv_b2a", "cycle_a", "cycle_b"]
+  identity = ["identity_a", "identity_b"] if config.lambda_identity > 0 else []
+  return generator + identity + ["d_a", "d_b", "g_total", "d_total"]
+
+
+def make_train_loop(config, state, strategy):
+  """A tf.function (iterator, steps) -> (losses of the last step run, steps run).
+
+  Runs up to `steps` steps in one call, with no host round trip between them: a small model's
+  step is tens of milliseconds on a CPU, a few on a GPU, and a call per step kept the device
+  waiting on Python. It stops right after a step whose losses are not all finite, so that
+  step is the last one run and the caller can report it.
+  """
+  train_step = _distributed_step(config, state, strategy)
+
+  @tf.function
+  def train_steps(iterator, steps):
+    values = {name: tf.constant(0.0) for name in loss_names(config)}
+    done = tf.constant(0)
+    finite = tf.constant(True)
+    while done < steps and finite:
+      values = train_step(next(iterator))
+      finite = tf.reduce_all([tf.math.is_finite(v) for v in values.values()])
+      done += 1
+    return values, done
+
+  return train_steps
 
 
 def total_steps(config, steps_per_epoch):
@@ -347,7 +385,7 @@ def train(config, strategy=None):
   start = int(state.step.numpy())
   dataset = strategy.distribute_datasets_from_function(
       lambda ctx: input_pipeline.train_dataset(config, domains, start, ctx))
-  train_step = make_train_step(config, state, strategy)
+  train_steps = make_train_loop(config, state, strategy)
   summaries = _Summaries(config, state, domains,
                          workdir_lib.tensorboard_dir(workdir) if chief else None)
   evaluate = _training_evaluation(config, state, domains) if config.eval_every else None
@@ -355,7 +393,7 @@ def train(config, strategy=None):
                config.name, start, last_step, per_epoch, strategy.num_replicas_in_sync,
                config.precision)
   try:
-    _loop(config, state, train_step, iter(dataset), manager, summaries, evaluate, start,
+    _loop(config, state, train_steps, iter(dataset), manager, summaries, evaluate, start,
           last_step, per_epoch)
   finally:
     summaries.flush()
@@ -364,15 +402,31 @@ def train(config, strategy=None):
   return workdir if chief else None
 
 
-def _loop(config, state, train_step, iterator, manager, summaries, evaluate, start, last_step,
+# What `--steps_per_call 0` aims one call at: long enough that the host's share is nil, short
+# enough that Ctrl-C (handled between calls) answers at once.
+CALL_SECONDS = 1.0
+
+
+def steps_for_call(config, step, last_step, step_s):
+  """Steps the next call runs: up to the next step that logs, writes images, evaluates or
+  saves, and --steps_per_call (0: about CALL_SECONDS of steps at the measured step time)."""
+  wanted = config.steps_per_call or (max(1, int(CALL_SECONDS / step_s)) if step_s else 1)
+  events = [e for e in (config.log_every, config.image_every, config.eval_every,
+                        config.checkpoint_every) if e > 0]
+  return max(1, min([wanted, last_step - step] + [e - step % e for e in events]))
+
+
+def _loop(config, state, train_steps, iterator, manager, summaries, evaluate, start, last_step,
           per_epoch):
   schedule = learning_rate_schedule(config, per_epoch)
-  timer_start, timer_steps, first_step_s = time.perf_counter(), 0, None
+  timer_start, timer_steps, first_step_s, step_s = time.perf_counter(), 0, None, None
   step = start
   try:
     while step < last_step:
-      values = {k: float(v) for k, v in train_step(next(iterator)).items()}
-      step += 1
+      steps = steps_for_call(config, step, last_step, step_s) if first_step_s else 1
+      values, done = train_steps(iterator, tf.constant(steps))
+      values = {k: float(v) for k, v in values.items()}
+      step += int(done)
       bad = [k for k, v in values.items() if not np.isfinite(v)]
       if bad:
         raise TrainingError(
@@ -381,15 +435,15 @@ def _loop(config, state, train_step, iterator, manager, summaries, evaluate, sta
       if first_step_s is None:
         first_step_s = time.perf_counter() - timer_start
         logging.info("first step (tracing and graph optimisation): %.1f s", first_step_s)
-        timer_start, timer_steps = time.perf_counter(), 0
+        timer_start = time.perf_counter()
       else:
-        timer_steps += 1
+        timer_steps += int(done)
+        step_s = (time.perf_counter() - timer_start) / timer_steps
       if step % config.log_every == 0 or step == last_step:
         lr = float(schedule(step - 1))  # The rate this step used.
         summaries.scalars(step, values, prefix="loss/")
         summaries.scalars(step, {"learning_rate": lr})
-        _log_progress(config, step, last_step, per_epoch, values, lr,
-                      (time.perf_counter() - timer_start) / max(timer_steps, 1))
+        _log_progress(config, step, last_step, per_epoch, values, lr, step_s or first_step_s)
       if step % config.image_every == 0 or step == last_step:
         summaries.images(step)
       if evaluate and (step % config.eval_every == 0 or step == last_step):

@@ -77,8 +77,8 @@ def test_resolve_picks_and_configure_process_applies_the_choice(monkeypatch,
   assert runtime.resolve(explicit).precision == "fp32"
   runtime.configure_process(explicit)
   assert not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
-  runtime.configure_process(config_lib.make_config(dict(TINY, load_size=64)))  # Fusions pay.
-  assert not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
+  runtime.configure_process(config_lib.make_config(dict(TINY, load_size=64)))
+  assert tf.config.optimizer.get_experimental_options()["disable_meta_optimizer"]
   _fake_gpus(monkeypatch, [(8, 0)])
   runtime.configure_process(full)
   assert not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)

@@ -158,7 +158,8 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, strategy, batch_size):
   """Mirrored: each replica keeps its own pool, and the checkpoint must give each its own back."""
   run = lambda name, steps: tiny_config(tmp_path / name, max_steps=steps, checkpoint_every=100,
                                         strategy=strategy, batch_size=batch_size)
-  straight = run("straight", 6)
+  # The straight run takes its steps 4 per call (1, 4, 1), the split one a call per step.
+  straight = run("straight", 6).replace(log_every=100, image_every=100, steps_per_call=4)
   train_lib.train(straight)
   split = run("split", 2)
   train_lib.train(split)
@@ -196,12 +197,25 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     return terms, fake_a, fake_b
 
   monkeypatch.setattr(train_lib, "generator_losses", diverging)
-  config = tiny_config(tmp_path, max_steps=5, checkpoint_every=1)
+  # Calls of 1, 1 (to the checkpoint at 2), then 3 steps asked for (3..5): it stops after 3.
+  config = tiny_config(tmp_path, max_steps=5, checkpoint_every=2, log_every=100,
+                       image_every=100, steps_per_call=3)
   with pytest.raises(train_lib.TrainingError, match=r"step 3: loss .* is (inf|nan)"):
     train_lib.train(config)
   latest = tf.train.latest_checkpoint(os.path.join(config.workdir, "checkpoints"))
   assert latest.endswith("ckpt-2")
   assert all(np.isfinite(v).all() for v in _weights(config.workdir).values())
+
+
+def test_a_call_runs_to_the_next_step_that_logs_or_saves(tmp_path):
+  config = tiny_config(tmp_path, max_steps=100, log_every=25, image_every=40, checkpoint_every=30,
+                       steps_per_call=0)
+  calls = lambda step, step_s: train_lib.steps_for_call(config, step, 100, step_s)
+  assert calls(1, None) == 1  # No step time measured yet.
+  assert calls(1, 0.01) == 24 and calls(25, 0.01) == 5 and calls(30, 0.01) == 10
+  assert calls(1, 0.3) == 3  # About CALL_SECONDS of steps.
+  assert calls(98, 0.001) == 2  # The last step.
+  assert train_lib.steps_for_call(config.replace(steps_per_call=7), 1, 100, 0.001) == 7
 
 
 def test_batch_must_split_evenly_across_replicas(tmp_path):

@@ -41,6 +41,7 @@ flags.DEFINE_integer("steps", 5, "Timed steps after the warm-up step.")
 flags.DEFINE_integer("ngf", 64, "Generator width.")
 flags.DEFINE_integer("n_blocks", 9, "Generator residual blocks.")
 flags.DEFINE_integer("ndf", 64, "Discriminator width.")
+flags.DEFINE_integer("pool_size", 50, "Image pool size (0 for --jit_compile).")
 flags.DEFINE_string("dataset", "synthetic", "For --what input: any --dataset of cyclegan.train.")
 FLAGS = flags.FLAGS
 
@@ -66,7 +67,7 @@ def _config():
       crop_size=FLAGS.size, load_size=max(286, FLAGS.size), batch_size=FLAGS.batch_size,
       precision=FLAGS.precision, strategy=FLAGS.strategy, jit_compile=FLAGS.jit_compile,
       ngf=FLAGS.ngf, n_blocks=FLAGS.n_blocks, ndf=FLAGS.ndf, dataset=FLAGS.dataset,
-      graph_optimizer=FLAGS.graph_optimizer,
+      graph_optimizer=FLAGS.graph_optimizer, pool_size=FLAGS.pool_size,
       synthetic_size=max(72, FLAGS.size)))
 
 
@@ -110,6 +111,8 @@ def bench_input(config):
 
 def main(argv):
   del argv
+  if FLAGS.what == "train":
+    runtime.configure_threads()  # as cyclegan.train sets them
   config = runtime.resolve(_config())
   runtime.configure_process(config)
   bench = {"train": bench_train, "translate": bench_translate, "input": bench_input}[FLAGS.what]
