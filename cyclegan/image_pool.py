@@ -41,25 +41,33 @@ class ImagePool(tf.Module):
       return images
     images = tf.cast(images, tf.float32)
     batch = tf.shape(images)[0]
-    # A stored image may have another size than `images` (batch 1, variable-size modes).
-    outputs = tf.TensorArray(tf.float32, size=batch, infer_shape=False)
-    for i in tf.range(batch):
+
+    def one(i, outputs):  # Explicit control flow: the train step is traced without AutoGraph.
       image = images[i]
       draw_seed = tf.random.experimental.stateless_fold_in(seed, i)
       coin = tf.random.stateless_uniform([], draw_seed)
       slot = tf.random.stateless_uniform(
           [], tf.random.experimental.stateless_fold_in(draw_seed, 1),
           maxval=self.pool_size, dtype=tf.int32)
-      if self.count < self.pool_size:
+
+      def fill():
         self._store(self.count, image)
         self.count.assign_add(1)
-        out = image
-      elif coin > 0.5:
+        return image
+
+      def swap():
         out = self.image(slot)
         self._store(slot, image)
-      else:
-        out = image
-      outputs = outputs.write(i, out)
+        return out
+
+      out = tf.cond(self.count < self.pool_size, fill,
+                    lambda: tf.cond(coin > 0.5, swap, lambda: image))
+      return i + 1, outputs.write(i, out)
+
+    # A stored image may have another size than `images` (batch 1, variable-size modes).
+    _, outputs = tf.while_loop(
+        lambda i, _: i < batch, one,
+        (tf.constant(0), tf.TensorArray(tf.float32, size=batch, infer_shape=False)))
     stacked = outputs.stack()
     stacked.set_shape([images.shape[0], None, None, images.shape[-1]])
     return stacked

@@ -7,7 +7,6 @@ so one device with batch 2 and two devices with batch 1 take the same step.
 """
 
 import dataclasses
-import functools
 import hashlib
 import os
 import shutil
@@ -143,10 +142,8 @@ def generator_losses(config, state, real_a, real_b):
   fake_a = g["generator_b2a"](real_b, training=True)
   rec_b = g["generator_a2b"](fake_a, training=True)
   terms = {
-      "g_adv_a2b": losses.adversarial_loss(g["discriminator_b"](fake_b, training=True), True,
-                                           config.gan_mode),
-      "g_adv_b2a": losses.adversarial_loss(g["discriminator_a"](fake_a, training=True), True,
-                                           config.gan_mode),
+      "g_adv_a2b": losses.adversarial_loss(g["discriminator_b"](fake_b), True, config.gan_mode),
+      "g_adv_b2a": losses.adversarial_loss(g["discriminator_a"](fake_a), True, config.gan_mode),
       "cycle_a": config.lambda_a * losses.l1_loss(rec_a, real_a),
       "cycle_b": config.lambda_b * losses.l1_loss(rec_b, real_b),
   }
@@ -187,13 +184,14 @@ def _distributed_step(config, state, strategy):
         tf.stack([tf.constant(config.seed, tf.int64), step]), replica)
     pooled_b = state.pool_b.query(fake_b, tf.random.experimental.stateless_fold_in(seed, 0))
     pooled_a = state.pool_a.query(fake_a, tf.random.experimental.stateless_fold_in(seed, 1))
-    d_a, d_b = (functools.partial(state.models[name], training=True)
-                for name in ("discriminator_a", "discriminator_b"))
+    d = state.models
     with tf.GradientTape() as tape:
       d_terms = {
-          "d_a": losses.discriminator_loss(d_a(real_a), d_a(tf.stop_gradient(pooled_a)),
+          "d_a": losses.discriminator_loss(d["discriminator_a"](real_a),
+                                           d["discriminator_a"](tf.stop_gradient(pooled_a)),
                                            config.gan_mode),
-          "d_b": losses.discriminator_loss(d_b(real_b), d_b(tf.stop_gradient(pooled_b)),
+          "d_b": losses.discriminator_loss(d["discriminator_b"](real_b),
+                                           d["discriminator_b"](tf.stop_gradient(pooled_b)),
                                            config.gan_mode),
       }
       d_loss = average(d_terms["d_a"] + d_terms["d_b"])
@@ -204,7 +202,9 @@ def _distributed_step(config, state, strategy):
     return out
 
   # reduce_retracing: with --preprocess scale_width/none every image size would trace anew.
-  @tf.function(jit_compile=config.jit_compile or None, reduce_retracing=True)
+  # No AutoGraph: the step has no Python control flow on tensors, and converting every
+  # function it calls cost about a second of the first step.
+  @tf.function(jit_compile=config.jit_compile or None, reduce_retracing=True, autograph=False)
   def replica_fn(batch, step):
     return replica_step(batch, step)
 
@@ -219,7 +219,8 @@ def _distributed_step(config, state, strategy):
 
 def make_train_step(config, state, strategy):
   """A tf.function taking one distributed batch; returns the global mean of each loss."""
-  return tf.function(_distributed_step(config, state, strategy), reduce_retracing=True)
+  return tf.function(_distributed_step(config, state, strategy), reduce_retracing=True,
+                     autograph=False)
 
 
 def loss_names(config):
@@ -239,15 +240,16 @@ def make_train_loop(config, state, strategy):
   """
   train_step = _distributed_step(config, state, strategy)
 
-  @tf.function
+  @tf.function(autograph=False)
   def train_steps(iterator, steps):
-    values = {name: tf.constant(0.0) for name in loss_names(config)}
-    done = tf.constant(0)
-    finite = tf.constant(True)
-    while done < steps and finite:
+    def step(done, finite, values):
+      del finite, values
       values = train_step(next(iterator))
-      finite = tf.reduce_all([tf.math.is_finite(v) for v in values.values()])
-      done += 1
+      return done + 1, tf.reduce_all([tf.math.is_finite(v) for v in values.values()]), values
+
+    done, _, values = tf.while_loop(
+        lambda done, finite, _: tf.logical_and(done < steps, finite), step,
+        (tf.constant(0), tf.constant(True), {name: tf.constant(0.0) for name in loss_names(config)}))
     return values, done
 
   return train_steps
