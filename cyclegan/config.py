@@ -83,8 +83,9 @@ class Config:
       "3-8 s to the first step and nothing to the step time), else on.",
       ("auto", "on", "off"))
   steps_per_call: int = _field(
-      0, "Train steps per tf.function call, with no host round trip between them (0: auto, "
-      "about a second of steps; a call also ends at each step that logs or saves).")
+      0, "Train steps per tf.function call, with no host round trip between them; a call also "
+      "ends at each step that logs or saves. 0: auto, about a second of steps on GPUs and TPUs, "
+      "one on CPU-only machines (where several cost memory and gain nothing: measured).")
   max_steps: int = _field(0, "Stop after this many steps in total (0: the full schedule).")
   checkpoint_every: int = _field(1000, "Save a checkpoint every this many steps.")
   keep_checkpoints: int = _field(3, "Checkpoints to keep.")

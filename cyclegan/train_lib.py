@@ -255,6 +255,15 @@ def make_train_loop(config, state, strategy):
   return train_steps
 
 
+def make_train_calls(config, state, strategy):
+  """(iterator, steps) -> (losses of the last step run, steps run): make_train_loop where
+  several steps per call pay (runtime.multi_step_calls), else one step per call."""
+  if runtime.multi_step_calls(config):
+    return make_train_loop(config, state, strategy)
+  train_step = make_train_step(config, state, strategy)
+  return lambda iterator, steps: (train_step(next(iterator)), 1)
+
+
 def total_steps(config, steps_per_epoch):
   scheduled = (config.epochs + config.epochs_decay) * steps_per_epoch
   return min(config.max_steps, scheduled) if config.max_steps else scheduled
@@ -387,7 +396,7 @@ def train(config, strategy=None):
   start = int(state.step.numpy())
   dataset = strategy.distribute_datasets_from_function(
       lambda ctx: input_pipeline.train_dataset(config, domains, start, ctx))
-  train_steps = make_train_loop(config, state, strategy)
+  train_steps = make_train_calls(config, state, strategy)
   summaries = _Summaries(config, state, domains,
                          workdir_lib.tensorboard_dir(workdir) if chief else None)
   evaluate = _training_evaluation(config, state, domains) if config.eval_every else None

@@ -83,3 +83,14 @@ def test_resolve_picks_and_configure_process_applies_the_choice(monkeypatch,
   runtime.configure_process(full)
   assert not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
   assert keras.mixed_precision.global_policy().name == "float32"  # Precision is passed, not set.
+
+
+def test_several_steps_per_call_on_accelerators_one_on_cpu(monkeypatch):
+  _fake_gpus(monkeypatch, [])
+  tiny = config_lib.make_config(TINY)
+  assert not runtime.multi_step_calls(tiny)
+  assert runtime.multi_step_calls(tiny.replace(steps_per_call=4))
+  assert runtime.multi_step_calls(tiny.replace(strategy="tpu"))
+  _fake_gpus(monkeypatch, [(8, 0)])
+  assert runtime.multi_step_calls(tiny)
+  assert not runtime.multi_step_calls(tiny.replace(steps_per_call=1))

@@ -42,6 +42,8 @@ flags.DEFINE_integer("ngf", 64, "Generator width.")
 flags.DEFINE_integer("n_blocks", 9, "Generator residual blocks.")
 flags.DEFINE_integer("ndf", 64, "Discriminator width.")
 flags.DEFINE_integer("pool_size", 50, "Image pool size (0 for --jit_compile).")
+flags.DEFINE_integer("steps_per_call", 0, "As cyclegan.train's (>1: time the multi-step loop, "
+                     "one step per call).")
 flags.DEFINE_string("dataset", "synthetic", "For --what input: any --dataset of cyclegan.train.")
 FLAGS = flags.FLAGS
 
@@ -68,6 +70,7 @@ def _config():
       precision=FLAGS.precision, strategy=FLAGS.strategy, jit_compile=FLAGS.jit_compile,
       ngf=FLAGS.ngf, n_blocks=FLAGS.n_blocks, ndf=FLAGS.ndf, dataset=FLAGS.dataset,
       graph_optimizer=FLAGS.graph_optimizer, pool_size=FLAGS.pool_size,
+      steps_per_call=FLAGS.steps_per_call,
       synthetic_size=max(72, FLAGS.size)))
 
 
@@ -80,14 +83,20 @@ def bench_train(config):
   start = time.perf_counter()
   with strategy.scope():
     state = train_lib.create_state(config, 1000)
-  train_steps = train_lib.make_train_loop(config, state, strategy)  # as cyclegan.train runs it
   iterator = iter(strategy.experimental_distribute_dataset(dataset))
-  one = tf.constant(1)
+  if runtime.multi_step_calls(config):  # As cyclegan.train runs it.
+    train_steps, one = train_lib.make_train_loop(config, state, strategy), tf.constant(1)
+    trace = lambda: train_steps.get_concrete_function(iterator, one)
+    run = lambda: train_steps(iterator, one)[0]
+  else:
+    train_step = train_lib.make_train_step(config, state, strategy)
+    trace = lambda: train_step.get_concrete_function(next(iterator))
+    run = lambda: train_step(next(iterator))
   BREAKDOWN["build_s"] = time.perf_counter() - start  # models, optimizers, input
   start = time.perf_counter()
-  train_steps.get_concrete_function(iterator, one)
+  trace()
   BREAKDOWN["trace_s"] = time.perf_counter() - start  # Python tracing of the step
-  return _timed(lambda: float(train_steps(iterator, one)[0]["g_total"]), FLAGS.steps)
+  return _timed(lambda: float(run()["g_total"]), FLAGS.steps)
 
 
 def bench_translate(config):
