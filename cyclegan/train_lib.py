@@ -233,10 +233,10 @@ def loss_names(config):
 def make_train_loop(config, state, strategy):
   """A tf.function (iterator, steps) -> (losses of the last step run, steps run).
 
-  Runs up to `steps` steps in one call, with no host round trip between them: a small model's
-  step is tens of milliseconds on a CPU, a few on a GPU, and a call per step kept the device
-  waiting on Python. It stops right after a step whose losses are not all finite, so that
-  step is the last one run and the caller can report it.
+  Runs up to `steps` steps in one call, with no host round trip between them: a GPU's step
+  takes milliseconds, and a call per step would keep it waiting on Python. It stops right
+  after a step whose losses are not all finite, so that step is the last one run and the
+  caller can report it.
   """
   train_step = _distributed_step(config, state, strategy)
 
@@ -247,9 +247,10 @@ def make_train_loop(config, state, strategy):
       values = train_step(next(iterator))
       return done + 1, tf.reduce_all([tf.math.is_finite(v) for v in values.values()]), values
 
+    zeros = {name: tf.constant(0.0) for name in loss_names(config)}
     done, _, values = tf.while_loop(
         lambda done, finite, _: tf.logical_and(done < steps, finite), step,
-        (tf.constant(0), tf.constant(True), {name: tf.constant(0.0) for name in loss_names(config)}))
+        (tf.constant(0), tf.constant(True), zeros))
     return values, done
 
   return train_steps
