@@ -135,7 +135,7 @@ def configure_threads():
     logging.info("thread pools already started; keeping them")
 
 
-def configure_process(config, num_replicas=1):
+def configure_process(config):
   """Process-wide: Grappler on or off. On CPU it adds 3-8 s to the first step and nothing to
   the step time (with configure_threads' pools; under TF's default pools its fusions had paid
   for the built-in default)."""

@@ -56,7 +56,7 @@ def main(argv):
   logging.info("config: %s", config)
   runtime.configure_threads()
   strategy = runtime.make_strategy(config.strategy, config.tpu)
-  runtime.configure_process(config, strategy.num_replicas_in_sync)
+  runtime.configure_process(config)
   try:
     workdir = train_lib.train(config, strategy)
   except KeyboardInterrupt:
