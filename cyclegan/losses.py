@@ -1,7 +1,7 @@
 """CycleGAN losses, per example.
 
 Every function returns one value per example (shape [batch]) so that the train step can divide
-by the *global* batch size (tf.nn.compute_average_loss) and give the same gradients on one
+by the *global* batch size (as tf.nn.compute_average_loss does) and give the same gradients on one
 device or many.
 """
 
@@ -9,7 +9,7 @@ import tensorflow as tf
 
 
 def _mean_per_example(x):
-  return tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1)
+  return tf.reduce_mean(x, axis=list(range(1, x.shape.rank)))
 
 
 def adversarial_loss(logits, target_is_real, gan_mode="lsgan"):

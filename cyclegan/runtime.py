@@ -2,6 +2,7 @@
 graph optimizer, thread pools. Only `configure_threads` and `configure_process` change
 process-wide state; commands call them."""
 
+import gc
 import os
 
 import tensorflow as tf
@@ -136,8 +137,13 @@ def configure_threads():
 
 
 def configure_process(config):
-  """Process-wide: Grappler on or off. On CPU it adds 3-8 s to the first step and nothing to
-  the step time (with configure_threads' pools; under TF's default pools its fusions had paid
-  for the built-in default)."""
+  """Process-wide: Grappler on or off, and Python's garbage collector past what is loaded.
+
+  Grappler adds 3-8 s to the first step on CPU and nothing to the step time (with
+  configure_threads' pools; under TF's default pools its fusions had paid for the built-in
+  default). The collector's full passes walk every object TensorFlow and Keras loaded: frozen,
+  tracing the step spends 0.02 s in them instead of 0.2-0.3 s.
+  """
   tf.config.optimizer.set_experimental_options(
       {"disable_meta_optimizer": graph_optimizer_off(config)})
+  gc.freeze()
