@@ -39,10 +39,11 @@ class ImagePool(tf.Module):
     """
     if self.pool_size == 0:
       return images
+    if images.shape[0] is None:
+      raise ValueError("ImagePool.query needs a batch of known size (drop_remainder=True)")
     images = tf.cast(images, tf.float32)
-    batch = tf.shape(images)[0]
 
-    def one(i, outputs):  # Explicit control flow: the train step is traced without AutoGraph.
+    def one(i):  # Explicit control flow: the train step is traced without AutoGraph.
       image = images[i]
       draw_seed = tf.random.experimental.stateless_fold_in(seed, i)
       coin = tf.random.stateless_uniform([], draw_seed)
@@ -60,15 +61,13 @@ class ImagePool(tf.Module):
         self._store(slot, image)
         return out
 
-      out = tf.cond(self.count < self.pool_size, fill,
-                    lambda: tf.cond(coin > 0.5, swap, lambda: image))
-      return i + 1, outputs.write(i, out)
+      return tf.cond(self.count < self.pool_size, fill,
+                     lambda: tf.cond(coin > 0.5, swap, lambda: image))
 
-    # A stored image may have another size than `images` (batch 1, variable-size modes).
-    _, outputs = tf.while_loop(
-        lambda i, _: i < batch, one,
-        (tf.constant(0), tf.TensorArray(tf.float32, size=batch, infer_shape=False)))
-    stacked = outputs.stack()
+    # Unrolled over the batch: a While loop cost about 0.25 s of the built-in default's first
+    # step (its 400 ops traced, its functions instantiated). A stored image may have another
+    # size than `images` (batch 1, variable-size modes).
+    stacked = tf.stack([one(i) for i in range(images.shape[0])])
     stacked.set_shape([images.shape[0], None, None, images.shape[-1]])
     return stacked
 
