@@ -91,26 +91,25 @@ class FusedAdam(keras.optimizers.Adam):
 
   def _backend_update_step(self, grads, trainable_variables, learning_rate):
     # What every variable's update shares, made once per step rather than once per variable
-    # (~1,000 ops fewer in the step's graph).
+    # (~1,000 ops fewer in the step's graph), passed to update_step in learning_rate's place.
     step = tf.cast(self.iterations + 1, tf.float32)
-    self._shared = dict(beta1_power=tf.pow(tf.constant(self.beta_1, tf.float32), step),
-                        beta2_power=tf.pow(tf.constant(self.beta_2, tf.float32), step),
-                        lr=tf.cast(learning_rate, tf.float32),
-                        beta1=tf.constant(self.beta_1, tf.float32),
-                        beta2=tf.constant(self.beta_2, tf.float32),
-                        epsilon=tf.constant(self.epsilon, tf.float32))
-    super()._backend_update_step(grads, trainable_variables, learning_rate)
+    constant = lambda value: tf.constant(value, tf.float32)
+    shared = dict(beta1_power=tf.pow(constant(self.beta_1), step),
+                  beta2_power=tf.pow(constant(self.beta_2), step),
+                  lr=tf.cast(learning_rate, tf.float32), beta1=constant(self.beta_1),
+                  beta2=constant(self.beta_2), epsilon=constant(self.epsilon))
+    super()._backend_update_step(grads, trainable_variables, shared)
 
-  def update_step(self, gradient, variable, learning_rate):
+  def update_step(self, gradient, variable, shared):
     index = self._get_variable_index(variable)
     def local(v):  # the tf.Variable on this device (the update runs once per replica device)
       v = v.value if isinstance(v, keras.Variable) else v
       return v._get_on_device_or_primary() if hasattr(v, "_get_on_device_or_primary") else v
     dtype = variable.dtype
-    shared = {k: tf.cast(v, dtype) for k, v in self._shared.items()}
     tf.raw_ops.ResourceApplyAdam(
         var=local(variable).handle, m=local(self._momentums[index]).handle,
-        v=local(self._velocities[index]).handle, grad=tf.cast(gradient, dtype), **shared)
+        v=local(self._velocities[index]).handle, grad=tf.cast(gradient, dtype),
+        **{k: tf.cast(v, dtype) for k, v in shared.items()})
 
 
 def _optimizer(config, steps_per_epoch):
