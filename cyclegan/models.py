@@ -58,20 +58,21 @@ class InstanceNormalization(keras.layers.Layer):
     self.epsilon = epsilon
 
   def call(self, x):
-    n, c = x.shape[0], x.shape[-1]
-    if n == 1 and c is not None:
+    if x.shape[0] == 1 and x.shape[-1] is not None:
       # One image of known channels (the reference's batch, traced for training): its
       # channels already lie side by side, and the graph stays small; the general form's
       # shape arithmetic was half of the training step's 11,500 ops.
-      y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-          x, tf.ones([c]), tf.zeros([c]), epsilon=self.epsilon, is_training=True)
-      return y
+      return self._fused(x, x.shape[-1])
     shape = tf.shape(x)
     n, h, w, c = shape[0], shape[1], shape[2], shape[3]
-    y = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, h, w, n * c])
-    y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-        y, tf.ones([n * c]), tf.zeros([n * c]), epsilon=self.epsilon, is_training=True)
+    y = self._fused(tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, h, w, n * c]), n * c)
     return tf.transpose(tf.reshape(y, [h, w, n, c]), [2, 0, 1, 3])
+
+  def _fused(self, y, channels):
+    """Batch norm of [1, H, W, channels] with batch statistics: each channel on its own."""
+    y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+        y, tf.ones([channels]), tf.zeros([channels]), epsilon=self.epsilon, is_training=True)
+    return y
 
   def compute_output_shape(self, input_shape):
     return input_shape
