@@ -78,8 +78,9 @@ def bench_train(config):
   strategy = runtime.make_strategy(config.strategy)
   shape = [config.batch_size, config.crop_size, config.crop_size, 3]
   batch = {"a": tf.random.uniform(shape, -1, 1), "b": tf.random.uniform(shape, -1, 1)}
+  # drop_remainder, as the input pipeline: the step is traced for batches of a known size.
   dataset = tf.data.Dataset.from_tensors(batch).unbatch().batch(
-      config.batch_size // strategy.num_replicas_in_sync).repeat()
+      config.batch_size // strategy.num_replicas_in_sync, drop_remainder=True).repeat()
   start = time.perf_counter()
   with strategy.scope():
     state = train_lib.create_state(config, 1000)
