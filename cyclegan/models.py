@@ -112,6 +112,21 @@ class Conv2D(keras.layers.Conv2D):
     return tf.nn.bias_add(self.convolution_op(x, self.kernel), self.bias)
 
 
+@keras.saving.register_keras_serializable(package="cyclegan")
+class Cropping2D(keras.layers.Cropping2D):
+  """Keras's Cropping2D, by tf.slice where it crops from the top and left only.
+
+  Keras's strided slice has StridedSliceGrad for gradient, ~13-25 ms per crop in bf16 on CPU
+  (12 crops in a training step); tf.slice's is a Pad, ~1 ms.
+  """
+
+  def call(self, x):
+    (top, bottom), (left, right) = self.cropping
+    if bottom or right:
+      return super().call(x)
+    return tf.slice(x, [0, top, left, 0], [-1, -1, -1, -1])
+
+
 def conv(filters, kernel_size, strides=1, name=None, dtype="float32"):
   return Conv2D(
       filters, kernel_size, strides=strides, padding="valid", kernel_initializer=weight_init(),
@@ -134,7 +149,7 @@ def _upsample(x, filters, name, dtype):
   x = keras.layers.Conv2DTranspose(
       filters, 3, strides=2, padding="valid", kernel_initializer=weight_init(),
       bias_initializer="zeros", name=f"{name}_deconv", dtype=dtype)(x)
-  x = keras.layers.Cropping2D(((1, 0), (1, 0)), name=f"{name}_crop", dtype=dtype)(x)
+  x = Cropping2D(((1, 0), (1, 0)), name=f"{name}_crop", dtype=dtype)(x)
   x = InstanceNormalization(name=f"{name}_norm", dtype=dtype)(x)
   return keras.layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)
 
