@@ -95,13 +95,14 @@ def test_parameter_counts_at_full_size():
   assert models.patch_discriminator(64, 3).count_params() == 2_764_737
 
 
+@pytest.mark.parametrize("training", [False, True])  # reflect padding differs (concat, MirrorPad)
 @pytest.mark.parametrize("height,width", [(32, 32), (36, 20)])
-def test_generator_matches_numpy_reference(height, width):
+def test_generator_matches_numpy_reference(height, width, training):
   rng = np.random.default_rng(0)
   model = models.resnet_generator(ngf=4, n_blocks=2)
   sd = random_state_dict(model, generator_layers(2), rng)
   x = rng.uniform(-1, 1, (height, width, 3))
-  got = model(x[None].astype(np.float32)).numpy()[0]
+  got = model(x[None].astype(np.float32), training=training).numpy()[0]
   np.testing.assert_allclose(got, np_generator(x, sd, 2), atol=2e-5)
 
 
@@ -115,6 +116,22 @@ def test_discriminator_matches_numpy_reference(n_layers, size):
   want = np_discriminator(x, sd, n_layers)
   assert got.shape == want.shape
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_cropping_matches_keras_forward_and_gradient():
+  import keras
+  import tensorflow as tf
+  x = tf.random.normal([2, 9, 7, 3])
+  weights = tf.random.normal([2, 8, 6, 3])
+  results = []
+  for layer in (models.Cropping2D(((1, 0), (1, 0))), keras.layers.Cropping2D(((1, 0), (1, 0)))):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = layer(x)
+      loss = tf.reduce_sum(y * weights)
+    results.append((y.numpy(), tape.gradient(loss, x).numpy()))
+  for ours, keras_result in zip(*results):
+    np.testing.assert_array_equal(ours, keras_result)
 
 
 def test_patchgan_gives_30x30_logits_for_256_input():
