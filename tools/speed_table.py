@@ -2,6 +2,7 @@
 
   python tools/speed_table.py                      # train 128 and 256, translate 512
   python tools/speed_table.py --sizes 128 --steps 3
+  python tools/speed_table.py --rounds 3           # each cell the median of 3 rounds
 
 Each measurement runs in its own process (tools/benchmark.py for ours with the defaults
 `cyclegan.train` picks here, tools/torch_reference.py for PyTorch), so peak RSS is its own.
@@ -13,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -32,6 +34,14 @@ def _measure(script, args):
   return json.loads(lines[-1])
 
 
+def _median_over_rounds(results):
+  """One result from several rounds of one measurement: the median of each number shown."""
+  combined = dict(results[0])
+  for key in ("median_s", "first_step_s", "peak_rss_gb"):
+    combined[key] = statistics.median(result[key] for result in results)
+  return combined
+
+
 def _cpu_name():
   try:
     with open("/proc/cpuinfo") as f:
@@ -47,6 +57,9 @@ def main():
   parser.add_argument("--translate_size", type=int, default=512,
                       help="Image side for the translation (generator forward) row; 0: skip.")
   parser.add_argument("--steps", type=int, default=5, help="Timed steps after the first.")
+  parser.add_argument("--rounds", type=int, default=1,
+                      help="Rounds of every measurement, ours and PyTorch's interleaved; each "
+                           "cell is the median over rounds (this machine's speed drifts).")
   args = parser.parse_args()
   variants = [("pytorch nchw", []), ("pytorch channels_last", ["--channels_last"])]
   if runtime.cpu_has_bf16():
@@ -56,17 +69,24 @@ def main():
   rows += [("translate", args.translate_size)] if args.translate_size else []
   cpu = _cpu_name() + (" (AVX512_BF16/AMX)" if runtime.cpu_has_bf16() else " (no bf16)")
   table = []
+  names = [name for name, _ in variants]
   for what, size in rows:
     common = ["--what", what, "--size", str(size), "--steps", str(args.steps)]
-    ours = _measure("benchmark.py", common)
-    theirs = {name: _measure("torch_reference.py", common + extra) for name, extra in variants}
-    for name, result in [("ours", ours), *theirs.items()]:
-      print(json.dumps({"cpu": cpu, "impl": name, **result}), flush=True)
+    runs = {name: [] for name in ["ours", *names]}
+    for round_index in range(args.rounds):
+      runs["ours"].append(_measure("benchmark.py", common))
+      for name, extra in variants:
+        runs[name].append(_measure("torch_reference.py", common + extra))
+      for name, results in runs.items():
+        print(json.dumps({"cpu": cpu, "variant": name, "round": round_index, **results[-1]}),
+              flush=True)
+    ours = _median_over_rounds(runs["ours"])
+    theirs = {name: _median_over_rounds(runs[name]) for name in names}
     best = min(theirs, key=lambda name: theirs[name]["median_s"])
     table.append((what, size, ours, theirs, best))
 
-  print(f"\n{cpu}, batch 1, median of {args.steps} steps after the first (seconds)\n")
-  names = [name for name, _ in variants]
+  rounds = f", median over {args.rounds} rounds" if args.rounds > 1 else ""
+  print(f"\n{cpu}, batch 1, median of {args.steps} steps after the first{rounds} (seconds)\n")
   print("| | ours | " + " | ".join(names) + " | ours vs PyTorch's best |")
   print("|---" * (len(names) + 3) + "|")
   for what, size, ours, theirs, best in table:
