@@ -58,21 +58,22 @@ class ReflectionPad2D(keras.layers.Layer):
     return {**super().get_config(), "padding": self.padding}
 
 
-# Per graph being traced: channels -> (scale 1, offset 0, empty mean/variance).
+# Per graph being traced: (channels, device) -> (scale 1, offset 0, empty mean/variance).
 _NORM_CONSTANTS = weakref.WeakKeyDictionary()
 
 
-def _norm_constants(channels):
-  """The constant inputs of a batch-statistics FusedBatchNorm, made once per traced graph and
-  channel count: made per call they were ~600 of the training step's ~6,400 graph ops."""
+def _norm_constants(channels, device):
+  """The constant inputs of a batch-statistics FusedBatchNorm, made once per traced graph,
+  channel count and device (each replica its own): made per call they were ~600 of the
+  training step's ~6,400 graph ops."""
   make = lambda: (tf.ones([channels]), tf.zeros([channels]), tf.constant([], tf.float32))
   if tf.executing_eagerly() or not isinstance(channels, int):
     return make()
   per_graph = _NORM_CONSTANTS.setdefault(tf.compat.v1.get_default_graph(), {})
-  if channels not in per_graph:
+  if (channels, device) not in per_graph:
     with tf.control_dependencies(None), tf.name_scope("instance_norm_constants/"):
-      per_graph[channels] = make()
-  return per_graph[channels]
+      per_graph[channels, device] = make()
+  return per_graph[channels, device]
 
 
 @keras.saving.register_keras_serializable(package="cyclegan")
@@ -103,7 +104,7 @@ class InstanceNormalization(keras.layers.Layer):
 
   def _fused(self, y, channels):
     """Batch norm of [1, H, W, channels] with batch statistics: each channel on its own."""
-    scale, offset, empty = _norm_constants(channels)
+    scale, offset, empty = _norm_constants(channels, y.device)
     # cuDNN rejects an epsilon below 1e-5 in float64 (float32 1e-5 is just below): TF's own
     # wrapper raises it to 1.001e-5 likewise.
     y, *_ = tf.raw_ops.FusedBatchNormV3(
