@@ -11,7 +11,7 @@ from cyclegan import images as images_lib
 MIN_SIDE = 8  # Smallest side the generator's innermost reflect padding accepts (2 after /4).
 
 
-def _reflect_indices(n, before, after):
+def reflect_indices(n, before, after):
   """Indices of a reflect-padded axis of length n, for any pad amount (also larger than n)."""
   positions = tf.range(-before, n + after)
   period = tf.maximum(2 * (n - 1), 1)
@@ -28,7 +28,7 @@ def pad_to_multiple(images, multiple=4, min_side=MIN_SIDE):
   for axis, n in ((1, shape[1]), (2, shape[2])):
     target = tf.maximum((n + multiple - 1) // multiple * multiple, min_side)
     before = (target - n) // 2
-    padded.append((axis, _reflect_indices(n, before, target - n - before), before))
+    padded.append((axis, reflect_indices(n, before, target - n - before), before))
   for axis, indices, _ in padded:
     images = tf.gather(images, indices, axis=axis)
   return images, padded[0][2], padded[1][2]

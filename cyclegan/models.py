@@ -11,6 +11,8 @@ import weakref
 import keras
 import tensorflow as tf
 
+from cyclegan import any_size
+
 
 
 def weight_init():
@@ -21,16 +23,6 @@ def weight_init():
   all residual blocks) the same weights, from a seed no config controls.
   """
   return keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
-
-
-def _reflect(x, p, axis):
-  """x reflect-padded by p along axis (p < its length): rows p..1 before, -2..-p-1 after."""
-  def row(i):
-    index = [slice(None)] * 4
-    index[axis] = slice(i, i + 1)
-    return x[tuple(index)]
-  return tf.concat([row(i) for i in range(p, 0, -1)] + [x] +
-                   [row(-i - 1) for i in range(1, p + 1)], axis)
 
 
 @keras.saving.register_keras_serializable(package="cyclegan")
@@ -46,9 +38,12 @@ class ReflectionPad2D(keras.layers.Layer):
     if training:
       # One op, and one kernel for its gradient: the training step's graph stays small.
       return tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="REFLECT")
-    # Inference: the mirrored edge rows, then columns, joined by concat; the same numbers,
-    # and on CPU in bf16 ~2.5x faster than MirrorPad's kernel (translating 512 px: ~10%).
-    return _reflect(_reflect(x, p, axis=1), p, axis=2)
+    # Inference: rows, then columns, gathered in reflected order (any_size's indices); the
+    # same numbers, and on CPU in bf16 ~2.5x faster than MirrorPad's kernel (translating
+    # 512 px: ~10%).
+    for axis in (1, 2):
+      x = tf.gather(x, any_size.reflect_indices(tf.shape(x)[axis], p, p), axis=axis)
+    return x
 
   def compute_output_shape(self, input_shape):
     grow = lambda d: None if d is None else d + 2 * self.padding
