@@ -1,5 +1,7 @@
 """Machine-dependent defaults: which precision and graph optimizer `auto` picks, and why."""
 
+import os
+
 import keras
 import pytest
 import tensorflow as tf
@@ -83,6 +85,18 @@ def test_resolve_picks_and_configure_process_applies_the_choice(monkeypatch,
   runtime.configure_process(full)
   assert not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
   assert keras.mixed_precision.global_policy().name == "float32"  # Precision is passed, not set.
+
+
+def test_configure_process_caches_onednn_primitives_unless_told(monkeypatch,
+                                                                 restore_process_settings):
+  tiny = config_lib.make_config(TINY)
+  monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items()
+                                      if k != "TF_MKL_OPTIMIZE_PRIMITIVE_MEMUSE"})
+  runtime.configure_process(tiny)
+  assert os.environ["TF_MKL_OPTIMIZE_PRIMITIVE_MEMUSE"] == "false"
+  monkeypatch.setenv("TF_MKL_OPTIMIZE_PRIMITIVE_MEMUSE", "true")
+  runtime.configure_process(tiny)
+  assert os.environ["TF_MKL_OPTIMIZE_PRIMITIVE_MEMUSE"] == "true"
 
 
 def test_several_steps_per_call_on_accelerators_one_on_cpu(monkeypatch):
