@@ -85,6 +85,13 @@ def test_stream_from_step_k_equals_the_full_stream_skipped(tmp_path):
     np.testing.assert_array_equal(want["b"], got["b"])
 
 
+def test_training_stream_runs_no_autotune_thread(tmp_path):
+  # Its iterator's destruction could wait up to a minute for that thread (TF 2.21).
+  config = tiny_config(tmp_path)
+  dataset = input_pipeline.train_dataset(config, input_pipeline.load_domains(config))
+  assert dataset.options().autotune.enabled is False
+
+
 def test_each_epoch_visits_every_image_once_in_a_new_order():
   ids = input_pipeline.example_indices(5, 3, 5, seed=0, start_example=0)
   rows = np.array(list(ids.take(10).as_numpy_iterator()))
