@@ -14,7 +14,6 @@ import tensorflow as tf
 from cyclegan import any_size
 
 
-
 def weight_init():
   """N(0, 0.02), a new initializer per layer.
 

@@ -1,6 +1,6 @@
 """What the machine decides: the tf.distribute strategy, the precision `auto` picks, and the
-graph optimizer, thread pools, oneDNN's primitive cache. Only `configure_threads` and `configure_process` change
-process-wide state; commands call them."""
+graph optimizer, thread pools, oneDNN's primitive cache. Only `configure_threads` and
+`configure_process` change process-wide state; commands call them."""
 
 import gc
 import os

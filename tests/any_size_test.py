@@ -8,7 +8,7 @@ from cyclegan import any_size
 
 
 @pytest.mark.parametrize("n,before,after", [(5, 1, 2), (4, 0, 4), (1, 3, 4), (3, 7, 6), (2, 5, 5)])
-def testreflect_indices_match_numpy_reflect(n, before, after):
+def test_reflect_indices_match_numpy_reflect(n, before, after):
   got = tf.gather(tf.range(n), any_size.reflect_indices(n, before, after)).numpy()
   np.testing.assert_array_equal(got, np.pad(np.arange(n), (before, after), mode="reflect"))
 
