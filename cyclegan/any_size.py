@@ -44,4 +44,4 @@ def translate(generator, images):
 
 def translate_uint8(generator, images):
   """The uint8 RGB contract of every export: [N, H, W, 3] in, the same shape out."""
-  return images_lib.to_uint8(translate(generator, images_lib.to_unit_range(images)))
+  return images_lib.through_unit_range(lambda x: translate(generator, x), images)

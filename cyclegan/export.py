@@ -61,8 +61,8 @@ class ServingModule(tf.Module):
 
     def uint8_translation(translate_float):
       def translate_uint8(images):
-        out = translate_float(images_lib.to_unit_range(images))["images"]
-        return {"images": images_lib.to_uint8(out)}
+        return {"images": images_lib.through_unit_range(
+            lambda x: translate_float(x)["images"], images)}
       return tf.function(translate_uint8, input_signature=[uint8_spec],
                          autograph=False).get_concrete_function()
 

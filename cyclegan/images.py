@@ -53,6 +53,12 @@ def to_uint8(images):
   return tf.cast(tf.clip_by_value(tf.round((images + 1.0) * 127.5), 0.0, 255.0), tf.uint8)
 
 
+def through_unit_range(translate, pixels):
+  """uint8 pixels -> uint8 pixels through `translate`, a function of [-1, 1] images: the uint8
+  contract of exports and of in-process translation, kept in one place."""
+  return to_uint8(translate(to_unit_range(pixels)))
+
+
 def _to_uint8(array):
   """16-bit and 32-bit integer or float greyscale -> 8 bits, by the range the mode implies."""
   if array.dtype == np.uint8:

@@ -84,8 +84,9 @@ class SharedStatistics:
 
     @tf.function(input_signature=[image_spec, stat_specs, stat_specs])
     def forward(x, means, variances):
-      return images_lib.to_uint8(tf.cast(models.run_generator(
-          generator, images_lib.to_unit_range(x), _normalize_with(means, variances)), tf.float32))
+      normalize = _normalize_with(means, variances)
+      return images_lib.through_unit_range(
+          lambda u: tf.cast(models.run_generator(generator, u, normalize), tf.float32), x)
 
     self._own_statistics = own_statistics
     self._forward = forward

@@ -321,7 +321,7 @@ def _uint8_translation(generator):
   """uint8 batches -> uint8 through a generator in this process, as an export would."""
   @tf.function(reduce_retracing=True, autograph=False)
   def translate(images):
-    return images_lib.to_uint8(generator(images_lib.to_unit_range(images)))
+    return images_lib.through_unit_range(generator, images)
   return translate
 
 

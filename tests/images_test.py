@@ -49,3 +49,10 @@ def test_a_real_phone_style_jpeg_comes_out_upright(shared_data, tmp_path, orient
                                   b"\x89PNG\r\n\x1a\n\x00\x00\x00\xffeXIf", b"RIFF\0\0\0\0WEBP"])
 def test_missing_or_malformed_exif_reads_as_upright(data):
   assert int(tf.function(images.exif_orientation)(tf.constant(data))) == 1
+
+
+def test_through_unit_range_keeps_every_pixel_value_and_applies_the_translation():
+  pixels = tf.reshape(tf.range(256, dtype=tf.int32), [1, 16, 16, 1])
+  pixels = tf.cast(tf.tile(pixels, [1, 1, 1, 3]), tf.uint8)
+  np.testing.assert_array_equal(images.through_unit_range(lambda x: x, pixels), pixels)
+  np.testing.assert_array_equal(images.through_unit_range(lambda x: -x, pixels), 255 - pixels)
