@@ -125,8 +125,50 @@ class Conv2D(keras.layers.Conv2D):
   the training step's ops, each traced in Python and instantiated before the first step.
   """
 
-  def call(self, x):
-    return tf.nn.bias_add(self.convolution_op(x, self.kernel), self.bias)
+  def call(self, x, training=None):
+    if training and gemm_filter_gradient(self, x.shape[1:]):
+      y = tf.nn.conv2d(x, self.kernel, self.strides, padding=NO_PADDING)
+    else:
+      y = self.convolution_op(x, self.kernel)
+    return tf.nn.bias_add(y, self.bias)
+
+
+@keras.saving.register_keras_serializable(package="cyclegan")
+class Conv2DTranspose(keras.layers.Conv2DTranspose):
+  """Keras's 'valid' Conv2DTranspose (same weights and numbers); see gemm_filter_gradient."""
+
+  def call(self, x, training=None):
+    if self.padding != "valid" or self.output_padding or None in x.shape[1:3]:
+      return super().call(x)
+    (sh, sw), (kh, kw) = self.strides, self.kernel_size
+    out = ((x.shape[1] - 1) * sh + kh, (x.shape[2] - 1) * sw + kw, self.filters)
+    if not (training and gemm_filter_gradient(self, out)):
+      return super().call(x)
+    y = tf.nn.conv2d_transpose(x, self.kernel, (tf.shape(x)[0], *out), self.strides,
+                               padding=NO_PADDING)
+    return tf.nn.bias_add(y, self.bias)
+
+
+# An explicit all-zero padding is "valid" padding, but TF leaves such convolutions' filter
+# gradient to its own im2col + GEMM kernel instead of rewriting it to oneDNN's.
+NO_PADDING = [[0, 0]] * 4
+
+
+def gemm_filter_gradient(layer, image_shape):
+  """Whether to train `layer` with TF's GEMM filter gradient (see NO_PADDING), given the
+  (height, width, channels) of the gradient's image operand: the input of a convolution, the
+  output of a transposed one.
+
+  oneDNN's float32 filter-gradient kernel for NHWC falls off a cliff on the generator's 3x3
+  stride-2 layers once their image operand holds ~2M values of 64+ channels (the full model
+  at 256 px: 73 vs 21 ms for down0, 2.4-3.6x on all four, one thread; at 128 px, and with 32
+  or fewer channels, the two are even). Only float32: TF's GEMM kernel has no bf16 path (40x
+  slower). Measured on a 2-core AVX512_BF16 EPYC; README "Speed".
+  """
+  h, w, channels = image_shape
+  return (layer.compute_dtype == "float32" and tuple(layer.kernel_size) == (3, 3) and
+          tuple(layer.strides) == (2, 2) and None not in (h, w, channels) and
+          channels >= 64 and h * w * channels >= 2**21)
 
 
 @keras.saving.register_keras_serializable(package="cyclegan")
@@ -163,7 +205,7 @@ def _residual_block(x, filters, name, dtype):
 
 def _upsample(x, filters, name, dtype):
   """ConvTranspose2d(k3, s2, p1, output_padding=1) == 'valid' transposed conv minus first row/col."""
-  x = keras.layers.Conv2DTranspose(
+  x = Conv2DTranspose(
       filters, 3, strides=2, padding="valid", kernel_initializer=weight_init(),
       bias_initializer="zeros", name=f"{name}_deconv", dtype=dtype)(x)
   x = Cropping2D(((1, 0), (1, 0)), name=f"{name}_crop", dtype=dtype)(x)

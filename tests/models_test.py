@@ -176,3 +176,43 @@ def test_mixed_precision_keeps_float32_outputs():
   assert gen(x).dtype == "float32" and disc(x).dtype == "float32"
   assert gen.get_layer("stem_conv").compute_dtype == "bfloat16"
   assert gen.get_layer("stem_conv").kernel.dtype == "float32"
+
+
+@pytest.mark.parametrize("make_layer,shape", [
+    (lambda: models.conv(64, 3, strides=2), (1, 182, 182, 64)),  # 2.1M values: down0 at ~180 px
+    (lambda: models.Conv2DTranspose(64, 3, strides=2, padding="valid"), (1, 91, 91, 128)),
+])
+def test_gemm_filter_gradient_gives_the_same_numbers(make_layer, shape):
+  """Training's float32 route for the big stride-2 layers: same outputs and gradients as
+  the oneDNN route inference takes, and it is the route the traced gradient takes."""
+  import tensorflow as tf
+  layer = make_layer()
+  x = tf.random.stateless_normal(shape, seed=[0, 1])
+  results = []
+  for training in (False, True):
+    @tf.function
+    def forward_backward(x):
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=training)
+        loss = tf.reduce_sum(y * tf.sin(y))
+      return (y, *tape.gradient(loss, [x, layer.kernel, layer.bias]))
+    results.append([t.numpy() for t in forward_backward(x)])
+    graph = forward_backward.get_concrete_function(x).graph
+    paddings = {op.get_attr("padding") for op in graph.get_operations()
+                if op.type == "Conv2DBackpropFilter"}
+    assert paddings == ({b"EXPLICIT"} if training else {b"VALID"})
+  for plain, gemm in zip(*results):
+    np.testing.assert_allclose(gemm, plain, rtol=1e-4, atol=1e-4 * np.abs(plain).max())
+
+
+def test_gemm_filter_gradient_only_for_big_float32_layers():
+  big = (258, 258, 64)  # down0's input at 256 px
+  assert models.gemm_filter_gradient(models.conv(128, 3, strides=2), big)
+  assert not models.gemm_filter_gradient(models.conv(128, 3, strides=2), (130, 130, 64))
+  assert not models.gemm_filter_gradient(models.conv(128, 3, strides=2), (514, 514, 32))
+  assert not models.gemm_filter_gradient(models.conv(128, 3, strides=1), big)
+  assert not models.gemm_filter_gradient(models.conv(128, 4, strides=2), big)
+  assert not models.gemm_filter_gradient(models.conv(128, 3, strides=2, dtype="mixed_bfloat16"),
+                                         big)
+  assert not models.gemm_filter_gradient(models.conv(128, 3, strides=2), (None, None, 64))

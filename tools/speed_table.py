@@ -3,6 +3,7 @@
   python tools/speed_table.py                      # train 128 and 256, translate 512
   python tools/speed_table.py --sizes 128 --steps 3
   python tools/speed_table.py --rounds 3           # each cell the median of 3 rounds
+  python tools/speed_table.py --fp32               # as on a CPU without bf16
 
 Each measurement runs in its own process (tools/benchmark.py for ours with the defaults
 `cyclegan.train` picks here, tools/torch_reference.py for PyTorch), so peak RSS is its own.
@@ -67,9 +68,12 @@ def main():
   parser.add_argument("--rounds", type=int, default=1,
                       help="Rounds of every measurement, ours and PyTorch's interleaved; each "
                            "cell is the median over rounds (this machine's speed drifts).")
+  parser.add_argument("--fp32", action="store_true",
+                      help="Ours in fp32 and PyTorch without bf16 autocast: what a CPU without "
+                           "bf16 (where `auto` picks fp32) runs, measured on this one.")
   args = parser.parse_args()
   variants = [("pytorch nchw", []), ("pytorch channels_last", ["--channels_last"])]
-  if runtime.cpu_has_bf16():
+  if runtime.cpu_has_bf16() and not args.fp32:
     variants += [("pytorch bf16", ["--bf16"]),
                  ("pytorch bf16 channels_last", ["--bf16", "--channels_last"])]
   rows = [("train", size) for size in args.sizes]
@@ -81,7 +85,8 @@ def main():
     common = ["--what", what, "--size", str(size), "--steps", str(args.steps)]
     runs = {name: [] for name in ["ours", *names]}
     for round_index in range(args.rounds):
-      runs["ours"].append(_measure("benchmark.py", common))
+      runs["ours"].append(_measure("benchmark.py",
+                                   common + (["--precision", "fp32"] if args.fp32 else [])))
       for name, extra in variants:
         runs[name].append(_measure("torch_reference.py", common + extra))
       for name, results in runs.items():
