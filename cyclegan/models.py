@@ -123,6 +123,7 @@ class Conv2D(keras.layers.Conv2D):
 
   Keras reshapes the bias, squeezes it back and adds it: with their gradients, about 950 of
   the training step's ops, each traced in Python and instantiated before the first step.
+  In float32 training, see gemm_filter_gradient.
   """
 
   def call(self, x, training=None):
@@ -138,7 +139,8 @@ class Conv2DTranspose(keras.layers.Conv2DTranspose):
   """Keras's 'valid' Conv2DTranspose (same weights and numbers); see gemm_filter_gradient."""
 
   def call(self, x, training=None):
-    if self.padding != "valid" or self.output_padding or None in x.shape[1:3]:
+    if (self.padding != "valid" or self.output_padding or tuple(self.dilation_rate) != (1, 1) or
+        None in x.shape[1:3]):
       return super().call(x)
     (sh, sw), (kh, kw) = self.strides, self.kernel_size
     out = ((x.shape[1] - 1) * sh + kh, (x.shape[2] - 1) * sw + kw, self.filters)
@@ -163,12 +165,14 @@ def gemm_filter_gradient(layer, image_shape):
   stride-2 layers once their image operand holds ~2M values of 64+ channels (the full model
   at 256 px: 73 vs 21 ms for down0, 2.4-3.6x on all four, one thread; at 128 px, and with 32
   or fewer channels, the two are even). Only float32: TF's GEMM kernel has no bf16 path (40x
-  slower). Measured on a 2-core AVX512_BF16 EPYC; README "Speed".
+  slower). Only without GPUs: the cliff is oneDNN's. Measured on a 2-core AVX512_BF16 EPYC;
+  README "Speed".
   """
   h, w, channels = image_shape
   return (layer.compute_dtype == "float32" and tuple(layer.kernel_size) == (3, 3) and
           tuple(layer.strides) == (2, 2) and None not in (h, w, channels) and
-          channels >= 64 and h * w * channels >= 2**21)
+          channels >= 64 and h * w * channels >= 2**21 and
+          not tf.config.list_physical_devices("GPU"))
 
 
 @keras.saving.register_keras_serializable(package="cyclegan")
