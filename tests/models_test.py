@@ -178,6 +178,24 @@ def test_mixed_precision_keeps_float32_outputs():
   assert gen.get_layer("stem_conv").kernel.dtype == "float32"
 
 
+def _forward_backward(layer, x, training):
+  """The layer's output and gradients (input, kernel, bias), and the filter-gradient ops
+  its traced gradient runs."""
+  import tensorflow as tf
+
+  @tf.function
+  def forward_backward(x):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = layer(x, training=training)
+      loss = tf.reduce_sum(y * tf.sin(y))
+    return (y, *tape.gradient(loss, [x, layer.kernel, layer.bias]))
+
+  graph = forward_backward.get_concrete_function(x).graph
+  filter_gradients = [op for op in graph.get_operations() if op.type == "Conv2DBackpropFilter"]
+  return [t.numpy() for t in forward_backward(x)], filter_gradients
+
+
 @pytest.mark.parametrize("make_layer,shape", [
     (lambda: models.conv(64, 3, strides=2), (1, 182, 182, 64)),  # 2.1M values: down0 at ~180 px
     (lambda: models.Conv2DTranspose(64, 3, strides=2, padding="valid"), (1, 91, 91, 128)),
@@ -188,25 +206,29 @@ def test_gemm_filter_gradient_gives_the_same_numbers(make_layer, shape):
   import tensorflow as tf
   layer = make_layer()
   x = tf.random.stateless_normal(shape, seed=[0, 1])
-  results = []
-  for training in (False, True):
-    @tf.function
-    def forward_backward(x):
-      with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = layer(x, training=training)
-        loss = tf.reduce_sum(y * tf.sin(y))
-      return (y, *tape.gradient(loss, [x, layer.kernel, layer.bias]))
-    results.append([t.numpy() for t in forward_backward(x)])
-    graph = forward_backward.get_concrete_function(x).graph
-    paddings = {op.get_attr("padding") for op in graph.get_operations()
-                if op.type == "Conv2DBackpropFilter"}
-    assert paddings == ({b"EXPLICIT"} if training else {b"VALID"})
-  for plain, gemm in zip(*results):
-    np.testing.assert_allclose(gemm, plain, rtol=1e-4, atol=1e-4 * np.abs(plain).max())
+  plain, ops = _forward_backward(layer, x, training=False)
+  assert {op.get_attr("padding") for op in ops} == {b"VALID"}
+  gemm, ops = _forward_backward(layer, x, training=True)
+  assert {op.get_attr("padding") for op in ops} == {b"EXPLICIT"}
+  for want, got in zip(plain, gemm):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
-def test_gemm_filter_gradient_only_for_big_float32_layers():
+def test_halved_filter_gradient_gives_the_same_numbers():
+  """Training's float32 route for the residual convolutions from 256 px crops: the filter
+  gradient in two halves of output channels, the same numbers."""
+  import tensorflow as tf
+  layer = models.conv(256, 3)
+  x = tf.random.stateless_normal((1, 64, 64, 256), seed=[0, 2])
+  plain, ops = _forward_backward(layer, x, training=False)
+  assert [op.outputs[0].shape[3] for op in ops] == [256]
+  halves, ops = _forward_backward(layer, x, training=True)
+  assert [op.outputs[0].shape[3] for op in ops] == [128, 128]
+  for want, got in zip(plain, halves):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_filter_gradient_routes_only_for_big_float32_layers():
   big = (258, 258, 64)  # down0's input at 256 px
   assert models.gemm_filter_gradient(models.conv(128, 3, strides=2), big)
   assert not models.gemm_filter_gradient(models.conv(128, 3, strides=2), (130, 130, 64))
@@ -216,3 +238,10 @@ def test_gemm_filter_gradient_only_for_big_float32_layers():
   assert not models.gemm_filter_gradient(models.conv(128, 3, strides=2, dtype="mixed_bfloat16"),
                                          big)
   assert not models.gemm_filter_gradient(models.conv(128, 3, strides=2), (None, None, 64))
+  residual = (66, 66, 256)  # a residual conv's input at 256 px
+  assert models.halved_filter_gradient(models.conv(256, 3), residual)
+  assert not models.halved_filter_gradient(models.conv(256, 3), (34, 34, 256))  # 128 px
+  assert not models.halved_filter_gradient(models.conv(64, 3), (130, 130, 64))
+  assert not models.halved_filter_gradient(models.conv(256, 3, strides=2), residual)
+  assert not models.halved_filter_gradient(models.conv(256, 3, dtype="mixed_bfloat16"), residual)
+  assert not models.halved_filter_gradient(models.conv(256, 3), (None, None, 256))
