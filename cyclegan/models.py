@@ -141,8 +141,7 @@ class Conv2DTranspose(keras.layers.Conv2DTranspose):
   """Keras's 'valid' Conv2DTranspose (same weights and numbers); see gemm_filter_gradient."""
 
   def call(self, x, training=None):
-    if (self.padding != "valid" or self.output_padding or tuple(self.dilation_rate) != (1, 1) or
-        None in x.shape[1:3]):
+    if self.output_padding or None in x.shape[1:3]:
       return super().call(x)
     (sh, sw), (kh, kw) = self.strides, self.kernel_size
     out = ((x.shape[1] - 1) * sh + kh, (x.shape[2] - 1) * sw + kw, self.filters)
@@ -172,9 +171,15 @@ def gemm_filter_gradient(layer, image_shape):
   """
   h, w, channels = image_shape
   return (layer.compute_dtype == "float32" and tuple(layer.kernel_size) == (3, 3) and
-          tuple(layer.strides) == (2, 2) and None not in (h, w, channels) and
+          tuple(layer.strides) == (2, 2) and _valid_undilated(layer) and
+          None not in (h, w, channels) and
           channels >= 64 and h * w * channels >= 2**21 and
           not tf.config.list_physical_devices("GPU"))
+
+
+def _valid_undilated(layer):
+  """The generator's convolutions, which the two routes below write out for themselves."""
+  return layer.padding == "valid" and tuple(layer.dilation_rate) == (1, 1)
 
 
 def halved_filter_gradient(layer, image_shape):
@@ -188,7 +193,7 @@ def halved_filter_gradient(layer, image_shape):
   """
   h, w, channels = image_shape
   return (layer.compute_dtype == "float32" and tuple(layer.kernel_size) == (3, 3) and
-          tuple(layer.strides) == (1, 1) and layer.padding == "valid" and
+          tuple(layer.strides) == (1, 1) and _valid_undilated(layer) and
           layer.filters >= 256 and layer.filters % 2 == 0 and None not in (h, w, channels) and
           h * w * channels >= 2**20 and not tf.config.list_physical_devices("GPU"))
 

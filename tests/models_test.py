@@ -238,6 +238,8 @@ def test_filter_gradient_routes_only_for_big_float32_layers():
   assert not models.gemm_filter_gradient(models.conv(128, 3, strides=2, dtype="mixed_bfloat16"),
                                          big)
   assert not models.gemm_filter_gradient(models.conv(128, 3, strides=2), (None, None, 64))
+  same = models.Conv2D(128, 3, strides=2, padding="same")
+  assert not models.gemm_filter_gradient(same, big)
   residual = (66, 66, 256)  # a residual conv's input at 256 px
   assert models.halved_filter_gradient(models.conv(256, 3), residual)
   assert not models.halved_filter_gradient(models.conv(256, 3), (34, 34, 256))  # 128 px
