@@ -141,15 +141,14 @@ class Conv2DTranspose(keras.layers.Conv2DTranspose):
   """Keras's 'valid' Conv2DTranspose (same weights and numbers); see gemm_filter_gradient."""
 
   def call(self, x, training=None):
-    if self.output_padding or None in x.shape[1:3]:
-      return super().call(x)
-    (sh, sw), (kh, kw) = self.strides, self.kernel_size
-    out = ((x.shape[1] - 1) * sh + kh, (x.shape[2] - 1) * sw + kw, self.filters)
-    if not (training and gemm_filter_gradient(self, out)):
-      return super().call(x)
-    y = tf.nn.conv2d_transpose(x, self.kernel, (tf.shape(x)[0], *out), self.strides,
-                               padding=NO_PADDING)
-    return tf.nn.bias_add(y, self.bias)
+    if training and not self.output_padding and None not in x.shape[1:3]:
+      (sh, sw), (kh, kw) = self.strides, self.kernel_size
+      out = ((x.shape[1] - 1) * sh + kh, (x.shape[2] - 1) * sw + kw, self.filters)
+      if gemm_filter_gradient(self, out):
+        y = tf.nn.conv2d_transpose(x, self.kernel, (tf.shape(x)[0], *out), self.strides,
+                                   padding=NO_PADDING)
+        return tf.nn.bias_add(y, self.bias)
+    return super().call(x)
 
 
 # An explicit all-zero padding is "valid" padding, but TF leaves such convolutions' filter
@@ -170,16 +169,17 @@ def gemm_filter_gradient(layer, image_shape):
   README "Speed".
   """
   h, w, channels = image_shape
+  return (_float32_3x3_on_cpu(layer, image_shape) and tuple(layer.strides) == (2, 2) and
+          channels >= 64 and h * w * channels >= 2**21)
+
+
+def _float32_3x3_on_cpu(layer, image_shape):
+  """What both training routes need: the generator's kind of convolution (3x3, 'valid',
+  undilated, which they write out for themselves) of a known shape, in float32, on a
+  machine without GPUs."""
   return (layer.compute_dtype == "float32" and tuple(layer.kernel_size) == (3, 3) and
-          tuple(layer.strides) == (2, 2) and _valid_undilated(layer) and
-          None not in (h, w, channels) and
-          channels >= 64 and h * w * channels >= 2**21 and
-          not tf.config.list_physical_devices("GPU"))
-
-
-def _valid_undilated(layer):
-  """The generator's convolutions, which the two routes below write out for themselves."""
-  return layer.padding == "valid" and tuple(layer.dilation_rate) == (1, 1)
+          layer.padding == "valid" and tuple(layer.dilation_rate) == (1, 1) and
+          None not in image_shape and not tf.config.list_physical_devices("GPU"))
 
 
 def halved_filter_gradient(layer, image_shape):
@@ -192,10 +192,8 @@ def halved_filter_gradient(layer, image_shape):
   no faster (3.06 vs 3.10 s). Measured on a 2-core AVX512_BF16 EPYC; README "Speed".
   """
   h, w, channels = image_shape
-  return (layer.compute_dtype == "float32" and tuple(layer.kernel_size) == (3, 3) and
-          tuple(layer.strides) == (1, 1) and _valid_undilated(layer) and
-          layer.filters >= 256 and layer.filters % 2 == 0 and None not in (h, w, channels) and
-          h * w * channels >= 2**20 and not tf.config.list_physical_devices("GPU"))
+  return (_float32_3x3_on_cpu(layer, image_shape) and tuple(layer.strides) == (1, 1) and
+          layer.filters >= 256 and layer.filters % 2 == 0 and h * w * channels >= 2**20)
 
 
 @tf.custom_gradient
