@@ -74,9 +74,10 @@ class Config:
                          ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu"))
   tpu: str = _field("", "TPU address for --strategy tpu (empty: the local TPU).")
   precision: str = _field(
-      "auto", "Compute precision (weights stay float32). auto: bf16 on GPUs with bf16 (compute "
-      "capability 8+) and, for models big enough to gain, on CPUs with AVX512_BF16/AMX; fp16 with "
-      "loss scaling on older GPUs (7.x); fp32 elsewhere.", ("auto", "fp32", "bf16", "fp16"))
+      "auto", "Compute precision (weights stay float32). auto: bf16 for models big enough to "
+      "gain, on GPUs with bf16 (compute capability 8+; smaller steps run fp32 as TF32 there) and "
+      "on CPUs with AVX512_BF16/AMX; fp16 with loss scaling on older GPUs (7.x); fp32 elsewhere.",
+      ("auto", "fp32", "bf16", "fp16"))
   jit_compile: bool = _field(False, "Compile the train step with XLA (slower on CPU: measured).")
   graph_optimizer: str = _field(
       "auto", "TensorFlow's graph optimizer (Grappler). auto: off on CPU-only machines (it adds "

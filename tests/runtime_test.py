@@ -54,7 +54,17 @@ def test_work_is_per_replica(monkeypatch):
     ([(6, 1)], "fp32")])
 def test_gpus_by_compute_capability(monkeypatch, capabilities, expected):
   _fake_gpus(monkeypatch, capabilities)
-  assert runtime.auto_precision(config_lib.make_config(TINY | {"load_size": 64}))[0] == expected
+  big = config_lib.make_config(dict(FULL, load_size=286, batch_size=4))
+  assert runtime.auto_precision(big)[0] == expected
+
+
+@pytest.mark.parametrize("model,batch_size,replicas,expected", [
+    (TINY, 1, 1, "fp32"), (FULL, 1, 1, "fp32"), (FULL, 2, 1, "bf16"), (FULL, 2, 2, "fp32")])
+def test_small_steps_on_tf32_gpus_are_fp32(monkeypatch, model, batch_size, replicas, expected):
+  """Up to the full model at 256 px, batch 1 per replica (measured on an H100), fp32 (TF32)."""
+  _fake_gpus(monkeypatch, [(9, 0)] * replicas)
+  config = config_lib.make_config(dict(model, load_size=model["crop_size"], batch_size=batch_size))
+  assert runtime.auto_precision(config, num_replicas=replicas)[0] == expected
 
 
 def test_tpu_is_bf16():

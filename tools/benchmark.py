@@ -42,8 +42,9 @@ flags.DEFINE_integer("ngf", 64, "Generator width.")
 flags.DEFINE_integer("n_blocks", 9, "Generator residual blocks.")
 flags.DEFINE_integer("ndf", 64, "Discriminator width.")
 flags.DEFINE_integer("pool_size", 50, "Image pool size (0 for --jit_compile).")
-flags.DEFINE_integer("steps_per_call", 0, "As cyclegan.train's (>1: time the multi-step loop, "
-                     "one step per call).")
+flags.DEFINE_integer("steps_per_call", 0, "As cyclegan.train's (>1: the multi-step loop; 0: "
+                     "as cyclegan.train picks it here). Where the loop runs, each timed call runs "
+                     "this many steps (0: 20) and the step time is the call's share.")
 flags.DEFINE_string("dataset", "synthetic", "For --what input: any --dataset of cyclegan.train.")
 FLAGS = flags.FLAGS
 
@@ -51,10 +52,10 @@ FLAGS = flags.FLAGS
 BREAKDOWN = {}  # where a train run's first step goes, before the first call's own time
 
 
-def _timed(fn, steps):
+def _timed(fn, steps, first_fn=None):
   """(first call seconds, per-call seconds of the next `steps` calls)."""
   start = time.perf_counter()
-  fn()
+  (first_fn or fn)()
   first = time.perf_counter() - start
   times = []
   for _ in range(steps):
@@ -85,19 +86,25 @@ def bench_train(config):
   with strategy.scope():
     state = train_lib.create_state(config, 1000)
   iterator = iter(strategy.experimental_distribute_dataset(dataset))
-  if runtime.multi_step_calls(config):  # As cyclegan.train runs it.
-    train_steps, one = train_lib.make_train_loop(config, state, strategy), tf.constant(1)
+  per_call = 1
+  if runtime.multi_step_calls(config):  # As cyclegan.train runs it: several steps per call.
+    per_call = FLAGS.steps_per_call if FLAGS.steps_per_call > 1 else 20
+    train_steps, one, many = (train_lib.make_train_loop(config, state, strategy), tf.constant(1),
+                              tf.constant(per_call))
     trace = lambda: train_steps.get_concrete_function(iterator, one)
-    run = lambda: train_steps(iterator, one)[0]
+    first_run, run = (lambda: train_steps(iterator, one)[0]), lambda: train_steps(iterator, many)[0]
   else:
     train_step = train_lib.make_train_step(config, state, strategy)
     trace = lambda: train_step.get_concrete_function(next(iterator))
-    run = lambda: train_step(next(iterator))
+    first_run = run = lambda: train_step(next(iterator))
   BREAKDOWN["build_s"] = time.perf_counter() - start  # models, optimizers, input
   start = time.perf_counter()
   trace()
   BREAKDOWN["trace_s"] = time.perf_counter() - start  # Python tracing of the step
-  return _timed(lambda: float(run()["g_total"]), FLAGS.steps)
+  BREAKDOWN["steps_per_call"] = per_call
+  first, times = _timed(lambda: float(run()["g_total"]), FLAGS.steps,
+                        lambda: float(first_run()["g_total"]))
+  return first, [t / per_call for t in times]
 
 
 def bench_translate(config):
@@ -139,6 +146,8 @@ def main(argv):
       **{k: round(v, 2) for k, v in BREAKDOWN.items()},
       "first_call_s": round(first, 2), "first_call_over_steady_s": round(first - median, 2),
       "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+      **({"peak_gpu_gb": round(tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**30, 2)}
+         if tf.config.list_physical_devices("GPU") else {}),
   }), flush=True)
 
 

@@ -5,10 +5,14 @@
   python tools/speed_table.py --rounds 3           # each cell the median of 3 rounds
   python tools/speed_table.py --fp32               # as on a CPU without bf16
 
+On a machine with a GPU, both run on the first GPU (PyTorch with --device cuda), and ours runs
+several steps per call as cyclegan.train does there.
+
 Each measurement runs in its own process (tools/benchmark.py for ours with the defaults
 `cyclegan.train` picks here, tools/torch_reference.py for PyTorch), so peak RSS is its own.
 PyTorch's variants: NCHW and channels_last in fp32, and with bf16 autocast where the CPU has
-AVX512_BF16/AMX; its best is the fastest of them. Name the CPU beside any number you report.
+AVX512_BF16/AMX or the GPU bf16; its best is the fastest of them. Name the CPU (or GPU) beside
+any number you report.
 """
 
 import argparse
@@ -44,8 +48,9 @@ def _over_steady(result):
 def _median_over_rounds(results):
   """One result from several rounds of one measurement: the median of each number shown."""
   combined = dict(results[0])
-  for key in ("median_s", "first_step_s", "peak_rss_gb"):
-    combined[key] = statistics.median(result[key] for result in results)
+  for key in ("median_s", "first_step_s", "peak_rss_gb", "peak_gpu_gb"):
+    if key in combined:
+      combined[key] = statistics.median(result[key] for result in results)
   combined["first_step_over_steady_s"] = statistics.median(map(_over_steady, results))
   return combined
 
@@ -56,6 +61,16 @@ def _cpu_name():
       return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
   except (OSError, StopIteration):
     return platform.processor() or "unknown CPU"
+
+
+def _gpu():
+  """(name, compute capability) of the first GPU as TensorFlow sees it, or None without one."""
+  import tensorflow as tf  # noqa: PLC0415 (runtime imported it: no second start-up cost)
+  gpus = tf.config.list_physical_devices("GPU")
+  if not gpus:
+    return None
+  details = tf.config.experimental.get_device_details(gpus[0])
+  return details.get("device_name", "GPU"), details.get("compute_capability", (0, 0))
 
 
 def main():
@@ -72,21 +87,26 @@ def main():
                       help="Ours in fp32 and PyTorch without bf16 autocast: what a CPU without "
                            "bf16 (where `auto` picks fp32) runs, measured on this one.")
   args = parser.parse_args()
-  variants = [("pytorch nchw", []), ("pytorch channels_last", ["--channels_last"])]
-  if runtime.cpu_has_bf16() and not args.fp32:
-    variants += [("pytorch bf16", ["--bf16"]),
-                 ("pytorch bf16 channels_last", ["--bf16", "--channels_last"])]
+  gpu = _gpu()
+  device = ["--device", "cuda"] if gpu else []
+  variants = [("pytorch nchw", device), ("pytorch channels_last", device + ["--channels_last"])]
+  ours_precision = ["--precision", "fp32"] if args.fp32 else []
+  has_bf16 = gpu[1] >= (8, 0) if gpu else runtime.cpu_has_bf16()
+  if has_bf16 and not args.fp32:
+    variants += [("pytorch bf16", device + ["--bf16"]),
+                 ("pytorch bf16 channels_last", device + ["--bf16", "--channels_last"])]
   rows = [("train", size) for size in args.sizes]
   rows += [("translate", args.translate_size)] if args.translate_size else []
   cpu = _cpu_name() + (" (AVX512_BF16/AMX)" if runtime.cpu_has_bf16() else " (no bf16)")
+  if gpu:
+    cpu = f"{gpu[0]} (host: {cpu})"
   table = []
   names = [name for name, _ in variants]
   for what, size in rows:
     common = ["--what", what, "--size", str(size), "--steps", str(args.steps)]
     runs = {name: [] for name in ["ours", *names]}
     for round_index in range(args.rounds):
-      runs["ours"].append(_measure("benchmark.py",
-                                   common + (["--precision", "fp32"] if args.fp32 else [])))
+      runs["ours"].append(_measure("benchmark.py", common + ours_precision))
       for name, extra in variants:
         runs[name].append(_measure("torch_reference.py", common + extra))
       for name, results in runs.items():
@@ -110,7 +130,8 @@ def main():
     print(f"| {what} {size} px | " + " | ".join(cells) + f" | {speedup:.2f}x ({best}) |")
   for label, key in (("first step", "first_step_s"),
                      ("first step over a steady step", "first_step_over_steady_s"),
-                     ("peak RSS (GB)", "peak_rss_gb")):
+                     ("peak RSS (GB)", "peak_rss_gb")) + (
+                         (("peak GPU memory (GB)", "peak_gpu_gb"),) if gpu else ()):
     for what, size, ours, theirs, *_ in table:
       cells = [f"{ours[key]}"] + [f"{theirs[name][key]}" for name in names]
       print(f"| {label}, {what} {size} px | " + " | ".join(cells) + " | |")
