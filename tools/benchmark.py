@@ -34,7 +34,8 @@ flags.DEFINE_integer("batch_size", 1, "Global batch size.")
 flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16", "fp16"],
                   "Compute precision (auto: as cyclegan.train picks it for this machine).")
 flags.DEFINE_enum("graph_optimizer", "auto", ["auto", "on", "off"],
-                  "Grappler (auto: as cyclegan.train picks it for this machine).")
+                  "Grappler (auto: as cyclegan.train picks it for this machine; for translate, "
+                  "on, as cyclegan.translate runs the SavedModels under TensorFlow's defaults).")
 flags.DEFINE_string("strategy", "default", "tf.distribute strategy (see cyclegan.train --help).")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the step.")
 flags.DEFINE_integer("steps", 5, "Timed steps after the warm-up step.")
@@ -131,7 +132,11 @@ def main(argv):
   if FLAGS.what == "train":
     runtime.configure_threads()  # as cyclegan.train sets them
   config = runtime.resolve(_config())
-  runtime.configure_process(config)
+  if FLAGS.what != "translate":
+    runtime.configure_process(config)
+  elif FLAGS.graph_optimizer != "auto":  # cyclegan.translate runs TensorFlow's defaults.
+    tf.config.optimizer.set_experimental_options(
+        {"disable_meta_optimizer": FLAGS.graph_optimizer == "off"})
   bench = {"train": bench_train, "translate": bench_translate, "input": bench_input}[FLAGS.what]
   first, times = bench(config)
   median = statistics.median(times)
