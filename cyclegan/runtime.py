@@ -67,15 +67,26 @@ def cpu_has_bf16():
   return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+# The compute capability from which NVIDIA GPUs run bf16 natively (Ampere).
+GPU_BF16_CAPABILITY = (8, 0)
+
+
+def gpu_capability():
+  """The lowest compute capability among this machine's GPUs, or None without GPUs."""
+  gpus = tf.config.list_physical_devices("GPU")
+  if not gpus:
+    return None
+  return min(tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0))
+             for g in gpus)
+
+
 def auto_precision(config, num_replicas=1):
   """(precision, why) for `--precision auto` on this machine."""
   if config.strategy == "tpu":
     return "bf16", "TPU"
-  gpus = tf.config.list_physical_devices("GPU")
-  if gpus:
-    capability = min(tf.config.experimental.get_device_details(g).get("compute_capability",
-                                                                      (0, 0)) for g in gpus)
-    if capability >= (8, 0):
+  capability = gpu_capability()
+  if capability is not None:
+    if capability >= GPU_BF16_CAPABILITY:
       if _work(config, num_replicas) <= GPU_FP32_WORK:
         return "fp32", (f"GPU compute capability {capability[0]}.{capability[1]}: TF32, and a "
                         "step this small is bound by per-op overhead, which bf16's casts add to")

@@ -134,9 +134,9 @@ def main(argv):
   config = runtime.resolve(_config())
   if FLAGS.what != "translate":
     runtime.configure_process(config)
-  elif FLAGS.graph_optimizer != "auto":  # cyclegan.translate runs TensorFlow's defaults.
+  elif config.graph_optimizer != "auto":  # cyclegan.translate runs TensorFlow's defaults.
     tf.config.optimizer.set_experimental_options(
-        {"disable_meta_optimizer": FLAGS.graph_optimizer == "off"})
+        {"disable_meta_optimizer": runtime.graph_optimizer_off(config)})
   bench = {"train": bench_train, "translate": bench_translate, "input": bench_input}[FLAGS.what]
   first, times = bench(config)
   median = statistics.median(times)

@@ -63,14 +63,12 @@ def _cpu_name():
     return platform.processor() or "unknown CPU"
 
 
-def _gpu():
-  """(name, compute capability) of the first GPU as TensorFlow sees it, or None without one."""
+def _gpu_name():
+  """The first GPU's name as TensorFlow sees it, or None without one."""
   import tensorflow as tf  # noqa: PLC0415 (runtime imported it: no second start-up cost)
   gpus = tf.config.list_physical_devices("GPU")
-  if not gpus:
-    return None
-  details = tf.config.experimental.get_device_details(gpus[0])
-  return details.get("device_name", "GPU"), details.get("compute_capability", (0, 0))
+  return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus \
+      else None
 
 
 def main():
@@ -87,11 +85,12 @@ def main():
                       help="Ours in fp32 and PyTorch without bf16 autocast: what a CPU without "
                            "bf16 (where `auto` picks fp32) runs, measured on this one.")
   args = parser.parse_args()
-  gpu = _gpu()
+  gpu = _gpu_name()
   device = ["--device", "cuda"] if gpu else []
   variants = [("pytorch nchw", device), ("pytorch channels_last", device + ["--channels_last"])]
   ours_precision = ["--precision", "fp32"] if args.fp32 else []
-  has_bf16 = gpu[1] >= (8, 0) if gpu else runtime.cpu_has_bf16()
+  has_bf16 = (runtime.gpu_capability() >= runtime.GPU_BF16_CAPABILITY if gpu else
+              runtime.cpu_has_bf16())
   if has_bf16 and not args.fp32:
     variants += [("pytorch bf16", device + ["--bf16"]),
                  ("pytorch bf16 channels_last", device + ["--bf16", "--channels_last"])]
@@ -99,7 +98,7 @@ def main():
   rows += [("translate", args.translate_size)] if args.translate_size else []
   cpu = _cpu_name() + (" (AVX512_BF16/AMX)" if runtime.cpu_has_bf16() else " (no bf16)")
   if gpu:
-    cpu = f"{gpu[0]} (host: {cpu})"
+    cpu = f"{gpu} (host: {cpu})"
   table = []
   names = [name for name, _ in variants]
   for what, size in rows:
