@@ -123,14 +123,18 @@ class Conv2D(keras.layers.Conv2D):
 
   Keras reshapes the bias, squeezes it back and adds it: with their gradients, about 950 of
   the training step's ops, each traced in Python and instantiated before the first step.
-  In float32 training, see gemm_filter_gradient.
+  In training see gemm_filter_gradient, halved_filter_gradient and matmul_filter_gradient.
   """
 
   def call(self, x, training=None):
-    if training and gemm_filter_gradient(self, x.shape[1:]):
+    if on_2x2_blocks(self):
+      y = conv_on_2x2_blocks(x, self.kernel)
+    elif training and gemm_filter_gradient(self, x.shape[1:]):
       y = tf.nn.conv2d(x, self.kernel, self.strides, padding=NO_PADDING)
     elif training and halved_filter_gradient(self, x.shape[1:]):
       y = conv_with_halved_filter_gradient(x, self.kernel)
+    elif training and matmul_filter_gradient(self, x.shape[1:]):
+      y = conv_with_matmul_filter_gradient(x, self.kernel, self.strides[0])
     else:
       y = self.convolution_op(x, self.kernel)
     return tf.nn.bias_add(y, self.bias)
@@ -138,7 +142,8 @@ class Conv2D(keras.layers.Conv2D):
 
 @keras.saving.register_keras_serializable(package="cyclegan")
 class Conv2DTranspose(keras.layers.Conv2DTranspose):
-  """Keras's 'valid' Conv2DTranspose (same weights and numbers); see gemm_filter_gradient."""
+  """Keras's 'valid' Conv2DTranspose (same weights and numbers); in training see
+  gemm_filter_gradient and matmul_filter_gradient."""
 
   def call(self, x, training=None):
     if training and not self.output_padding and None not in x.shape[1:3]:
@@ -147,6 +152,10 @@ class Conv2DTranspose(keras.layers.Conv2DTranspose):
       if gemm_filter_gradient(self, out):
         y = tf.nn.conv2d_transpose(x, self.kernel, (tf.shape(x)[0], *out), self.strides,
                                    padding=NO_PADDING)
+        return tf.nn.bias_add(y, self.bias)
+      if matmul_filter_gradient(self, out):
+        y = conv_transpose_with_matmul_filter_gradient(x, self.kernel, (tf.shape(x)[0], *out),
+                                                       sh)
         return tf.nn.bias_add(y, self.bias)
     return super().call(x)
 
@@ -213,6 +222,128 @@ def conv_with_halved_filter_gradient(x, kernel):
     return dx, dkernel
 
   return tf.nn.conv2d(x, kernel, 1, "VALID"), gradient
+
+
+def on_2x2_blocks(layer):
+  """Whether `layer` convolves by conv_on_2x2_blocks: the generator's 7x7 head (3 filters) on
+  a machine without GPUs.
+
+  oneDNN's CPU kernels vectorise over output channels, 16 at a time; with 3 the head ran at
+  ~1/6 of the speed of the convolutions around it. On 2x2 blocks it has 12 (512 px, 64 -> 3:
+  bf16 31.7 -> 15.6 ms, fp32 61 -> 28 ms; forward and backward at 256 px bf16 23.7 -> 13.5
+  ms). Measured on a 2-core AVX512_BF16 EPYC; README "Speed".
+  """
+  return (tuple(layer.kernel_size) == (7, 7) and tuple(layer.strides) == (1, 1) and
+          layer.filters <= 3 and layer.padding == "valid" and
+          tuple(layer.dilation_rate) == (1, 1) and not tf.config.list_physical_devices("GPU"))
+
+
+def conv_on_2x2_blocks(x, kernel):
+  """A 'valid' stride-1 convolution with an odd-sized kernel, computed on space_to_depth's 2x2
+  blocks: the same sums, with 4x the output channels for the kernels to vectorise over.
+
+  Sides traced as unknown must be even, as the generator's are (its inputs are multiples of
+  4); known odd sides are padded and cropped back.
+  """
+  k = kernel.shape[0]
+  h, w = x.shape[1:3]
+  pad = [(h or 0) % 2, (w or 0) % 2]
+  if any(pad):
+    x = tf.pad(x, [[0, 0], [0, pad[0]], [0, pad[1]], [0, 0]])
+  y = tf.nn.depth_to_space(tf.nn.conv2d(tf.nn.space_to_depth(x, 2), _block_kernel(kernel), 1,
+                                        "VALID"), 2)
+  if any(pad):
+    y = tf.slice(y, [0, 0, 0, 0], [-1, h - k + 1, w - k + 1, -1])
+  return y
+
+
+def _block_kernel(kernel):
+  """kernel [k, k, in, out] (k odd) -> the same convolution's kernel on 2x2 blocks,
+  [(k+1)/2, (k+1)/2, 4 in, 4 out], in space_to_depth's channel order (row, column, channel)."""
+  k, _, channels_in, channels_out = kernel.shape
+  blocks = (k + 1) // 2
+  # Output (row, col) of a block reads input 2*block + in-block offset - (row, col) of `kernel`.
+  per_output = [tf.reshape(tf.pad(kernel, [[row, 1 - row], [col, 1 - col], [0, 0], [0, 0]]),
+                           [blocks, 2, blocks, 2, channels_in, channels_out])
+                for row in (0, 1) for col in (0, 1)]
+  block_kernel = tf.transpose(tf.stack(per_output, axis=5), [0, 2, 1, 3, 4, 5, 6])
+  return tf.reshape(block_kernel, [blocks, blocks, 4 * channels_in, 4 * channels_out])
+
+
+def matmul_filter_gradient(layer, image_shape):
+  """Whether to train `layer` by conv_with_matmul_filter_gradient (Conv2D) or
+  conv_transpose_with_matmul_filter_gradient, given the (height, width, channels) of the
+  gradient's image operand (as gemm_filter_gradient): bf16 on a CPU, stride 1 with 128+
+  channels in and out (the residual convolutions, the discriminator's stride-1 layer), stride
+  2 with 64+ in the image operand (the generator's down and up convolutions, the
+  discriminator's but its first).
+
+  oneDNN's bf16 filter gradient for them is an older kernel than its forward one (jit_bf16,
+  not brgemm). One thread, oneDNN against matmuls: 64x64x256 3x3 16.9 vs 12.5-13.3 ms (11.5
+  forward); 32x32x256 4.7 vs 3.4-3.6 ms; 32x32x128 1.4 vs 1.1-1.3 ms; stride 2 at 256 px:
+  down0 14.6 vs 10.6, down1 12.4 vs 7.7, up0 12.2 vs 8.3, up1 15.5 vs 11.2 ms. The matmuls
+  lose at stride 1 with 64 channels (1.2 vs 1.4 ms) and at stride 2 with 3 (1.3 vs 2.5 ms).
+  Measured on a 2-core AVX512_BF16 EPYC; README "Speed".
+  """
+  if (layer.compute_dtype != "bfloat16" or layer.padding != "valid" or None in image_shape or
+      tuple(layer.dilation_rate) != (1, 1) or tf.config.list_physical_devices("GPU")):
+    return False
+  channels = image_shape[-1]
+  if tuple(layer.strides) == (1, 1):
+    return channels >= 128 and layer.filters >= 128
+  return tuple(layer.strides) == (2, 2) and channels >= 64
+
+
+def conv_with_matmul_filter_gradient(x, kernel, stride):
+  """A 'valid' convolution whose filter gradient is _filter_gradient_by_taps."""
+
+  @tf.custom_gradient
+  def convolve(x, kernel):
+    def gradient(dy):
+      dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel,
+                                          out_backprop=dy, strides=[1, stride, stride, 1],
+                                          padding="VALID")
+      return dx, _filter_gradient_by_taps(x, dy, tuple(kernel.shape[:2]), stride)
+    return tf.nn.conv2d(x, kernel, stride, "VALID"), gradient
+
+  return convolve(x, kernel)
+
+
+def conv_transpose_with_matmul_filter_gradient(x, kernel, output_shape, stride):
+  """A 'valid' transposed convolution whose filter gradient is _filter_gradient_by_taps (the
+  convolution's, with input and output gradient in each other's place)."""
+
+  @tf.custom_gradient
+  def convolve(x, kernel):
+    def gradient(dy):
+      dx = tf.nn.conv2d(dy, kernel, stride, "VALID")
+      return dx, _filter_gradient_by_taps(dy, x, tuple(kernel.shape[:2]), stride)
+    return tf.nn.conv2d_transpose(x, kernel, output_shape, stride, padding="VALID"), gradient
+
+  return convolve(x, kernel)
+
+
+@tf.function(autograph=False, experimental_attributes={"_noinline": True})
+def _filter_gradient_by_taps(x, dy, kernel_size, stride):
+  """A 'valid' convolution's filter gradient as one matmul per kernel tap: the tap's window of
+  the input (at stride 2, of its space_to_depth phases), transposed, times the output
+  gradient. A function of its own, not inlined: traced and instantiated once per shape, not
+  once per layer and pass (its ~30 ops inlined 110 times made the first step 3 s slower)."""
+  _, height, width, channels_out = dy.shape
+  channels_in = x.shape[3]
+  if stride == 2:
+    phases = tf.nn.space_to_depth(
+        tf.pad(x, [[0, 0], [0, x.shape[1] % 2], [0, x.shape[2] % 2], [0, 0]]), 2)
+    window = lambda i, j: tf.slice(
+        phases, [0, i // 2, j // 2, (i % 2 * 2 + j % 2) * channels_in],
+        [-1, height, width, channels_in])
+  else:
+    window = lambda i, j: tf.slice(x, [0, i, j, 0], [-1, height, width, -1])
+  dy_matrix = tf.reshape(dy, [-1, channels_out])
+  rows, cols = kernel_size
+  taps = [tf.matmul(tf.reshape(window(i, j), [-1, channels_in]), dy_matrix, transpose_a=True)
+          for i in range(rows) for j in range(cols)]
+  return tf.reshape(tf.stack(taps), [rows, cols, channels_in, channels_out])
 
 
 @keras.saving.register_keras_serializable(package="cyclegan")

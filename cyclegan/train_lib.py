@@ -7,6 +7,7 @@ so one device with batch 2 and two devices with batch 1 take the same step.
 """
 
 import dataclasses
+import functools
 import hashlib
 import os
 import shutil
@@ -148,8 +149,10 @@ def generator_losses(config, state, real_a, real_b):
   fake_a = g["generator_b2a"](real_b, training=True)
   rec_b = g["generator_a2b"](fake_a, training=True)
   terms = {
-      "g_adv_a2b": losses.adversarial_loss(g["discriminator_b"](fake_b), True, config.gan_mode),
-      "g_adv_b2a": losses.adversarial_loss(g["discriminator_a"](fake_a), True, config.gan_mode),
+      "g_adv_a2b": losses.adversarial_loss(g["discriminator_b"](fake_b, training=True), True,
+                                           config.gan_mode),
+      "g_adv_b2a": losses.adversarial_loss(g["discriminator_a"](fake_a, training=True), True,
+                                           config.gan_mode),
       "cycle_a": config.lambda_a * losses.l1_loss(rec_a, real_a),
       "cycle_b": config.lambda_b * losses.l1_loss(rec_b, real_b),
   }
@@ -191,14 +194,14 @@ def _distributed_step(config, state, strategy):
         tf.stack([tf.constant(config.seed, tf.int64), step]), replica)
     pooled_b = state.pool_b.query(fake_b, tf.random.experimental.stateless_fold_in(seed, 0))
     pooled_a = state.pool_a.query(fake_a, tf.random.experimental.stateless_fold_in(seed, 1))
-    d = state.models
+    # training=True: the same numbers, and the training routes of models.Conv2D.
+    d_a = functools.partial(state.models["discriminator_a"], training=True)
+    d_b = functools.partial(state.models["discriminator_b"], training=True)
     with tf.GradientTape() as tape:
       d_terms = {
-          "d_a": losses.discriminator_loss(d["discriminator_a"](real_a),
-                                           d["discriminator_a"](tf.stop_gradient(pooled_a)),
+          "d_a": losses.discriminator_loss(d_a(real_a), d_a(tf.stop_gradient(pooled_a)),
                                            config.gan_mode),
-          "d_b": losses.discriminator_loss(d["discriminator_b"](real_b),
-                                           d["discriminator_b"](tf.stop_gradient(pooled_b)),
+          "d_b": losses.discriminator_loss(d_b(real_b), d_b(tf.stop_gradient(pooled_b)),
                                            config.gan_mode),
       }
       d_loss = average(d_terms["d_a"] + d_terms["d_b"])

@@ -247,3 +247,72 @@ def test_filter_gradient_routes_only_for_big_float32_layers():
   assert not models.halved_filter_gradient(models.conv(256, 3, strides=2), residual)
   assert not models.halved_filter_gradient(models.conv(256, 3, dtype="mixed_bfloat16"), residual)
   assert not models.halved_filter_gradient(models.conv(256, 3), (None, None, 256))
+
+
+@pytest.mark.parametrize("make_layer,shape", [
+    (lambda: models.conv(128, 3, dtype="mixed_bfloat16"), (1, 18, 18, 128)),  # residual
+    (lambda: models.conv(128, 3, strides=2, dtype="mixed_bfloat16"), (1, 35, 35, 64)),  # down
+    (lambda: models.conv(128, 4, strides=2, dtype="mixed_bfloat16"), (1, 34, 34, 64)),  # PatchGAN
+    (lambda: models.Conv2DTranspose(64, 3, strides=2, padding="valid", dtype="mixed_bfloat16"),
+     (1, 17, 17, 128)),  # up
+])
+def test_matmul_filter_gradient_gives_the_same_numbers(make_layer, shape):
+  """Training's bf16 route for stride-1 convolutions of 128+ channels and stride-2 ones: the
+  filter gradient as matmuls, not oneDNN's kernel; the same numbers up to bf16 rounding."""
+  import tensorflow as tf
+  layer = make_layer()
+  x = tf.random.stateless_normal(shape, seed=[0, 3])
+  plain, ops = _forward_backward(layer, x, training=False)
+  assert len(ops) == 1
+  taps, ops = _forward_backward(layer, x, training=True)
+  assert not ops
+  # Output, input and filter gradients; the bias gradient is BiasAddGrad's either way (a sum in
+  # bf16 whose order varies between graphs).
+  for want, got in zip(plain[:3], taps[:3]):
+    np.testing.assert_allclose(got, want, rtol=2e-2, atol=1e-2 * np.abs(want).max())
+
+
+def test_matmul_filter_gradient_routes_only_bf16_layers_it_speeds_up():
+  layer = models.conv(128, 3, dtype="mixed_bfloat16")
+  assert models.matmul_filter_gradient(layer, (18, 18, 128))
+  assert not models.matmul_filter_gradient(layer, (18, 18, 64))
+  assert not models.matmul_filter_gradient(layer, (None, None, 128))
+  assert not models.matmul_filter_gradient(models.conv(128, 3), (18, 18, 128))  # float32
+  assert not models.matmul_filter_gradient(models.conv(64, 3, dtype="mixed_bfloat16"),
+                                           (18, 18, 128))
+  strided = models.conv(64, 4, strides=2, dtype="mixed_bfloat16")
+  assert models.matmul_filter_gradient(strided, (130, 130, 64))
+  assert not models.matmul_filter_gradient(strided, (258, 258, 3))  # the PatchGAN's first
+
+
+@pytest.mark.parametrize("shape,known", [((2, 14, 14, 8), True), ((1, 13, 15, 8), True),
+                                         ((1, 16, 12, 5), False)])
+def test_head_on_2x2_blocks_gives_the_same_numbers(shape, known):
+  """The 7x7 three-filter head by space_to_depth: the plain convolution's output and
+  gradients, at even and odd sizes known when traced, and at sizes traced as unknown."""
+  import tensorflow as tf
+  layer = models.conv(3, 7)
+  assert models.on_2x2_blocks(layer) and not models.on_2x2_blocks(models.conv(64, 7))
+  assert not models.on_2x2_blocks(models.conv(3, 3))
+  x = tf.random.stateless_normal(shape, seed=[0, 4])
+  layer.build(shape)
+  signature = None if known else [tf.TensorSpec([None, None, None, shape[3]])]
+
+  def forward_backward(convolve):
+    @tf.function(input_signature=signature)
+    def run(x):
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = convolve(x)
+        loss = tf.reduce_sum(y * tf.sin(y))
+      return (y, *tape.gradient(loss, [x, layer.kernel, layer.bias]))
+    ops = {op.type for op in run.get_concrete_function(x).graph.get_operations()}
+    return [t.numpy() for t in run(x)], ops
+
+  blocks, ops = forward_backward(lambda x: layer(x, training=True))
+  assert "SpaceToDepth" in ops
+  plain, _ = forward_backward(
+      lambda x: tf.nn.bias_add(tf.nn.conv2d(x, layer.kernel, 1, "VALID"), layer.bias))
+  for want, got in zip(plain, blocks):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
