@@ -123,7 +123,7 @@ class Conv2D(keras.layers.Conv2D):
 
   Keras reshapes the bias, squeezes it back and adds it: with their gradients, about 950 of
   the training step's ops, each traced in Python and instantiated before the first step.
-  In training see gemm_filter_gradient, halved_filter_gradient and matmul_filter_gradient.
+  In training see gemm_filter_gradient and matmul_filter_gradient.
   """
 
   def call(self, x, training=None):
@@ -131,8 +131,6 @@ class Conv2D(keras.layers.Conv2D):
       y = conv_on_2x2_blocks(x, self.kernel)
     elif training and gemm_filter_gradient(self, x.shape[1:]):
       y = tf.nn.conv2d(x, self.kernel, self.strides, padding=NO_PADDING)
-    elif training and halved_filter_gradient(self, x.shape[1:]):
-      y = conv_with_halved_filter_gradient(x, self.kernel)
     elif training and matmul_filter_gradient(self, x.shape[1:]):
       y = conv_with_matmul_filter_gradient(x, self.kernel, self.strides[0])
     else:
@@ -191,39 +189,6 @@ def _float32_3x3_on_cpu(layer, image_shape):
           None not in image_shape and not tf.config.list_physical_devices("GPU"))
 
 
-def halved_filter_gradient(layer, image_shape):
-  """Whether to train `layer` with conv_with_halved_filter_gradient, given its input's
-  (height, width, channels): the full model's residual convolutions (3x3, stride 1, 256
-  channels) in float32 on a CPU, from 256 px crops (64x64 and up).
-
-  Full model at 256 px in fp32, in-process A/B: 6.40 -> 5.92 and 5.85 -> 5.60 s (fourths: no
-  better), tracing +0.25-0.7 s; at 128 px no gain (1.466 vs 1.495 s), so not there. In bf16
-  no faster (3.06 vs 3.10 s). Measured on a 2-core AVX512_BF16 EPYC; README "Speed".
-  """
-  h, w, channels = image_shape
-  return (_float32_3x3_on_cpu(layer, image_shape) and tuple(layer.strides) == (1, 1) and
-          layer.filters >= 256 and layer.filters % 2 == 0 and h * w * channels >= 2**20)
-
-
-@tf.custom_gradient
-def conv_with_halved_filter_gradient(x, kernel):
-  """A 'valid' stride-1 convolution whose filter gradient is two oneDNN calls, one per half
-  of the output channels: oneDNN's float32 NHWC kernel runs faster on the halves than on
-  the whole (one thread, 64x64x256: 25-27 vs 28-32 ms)."""
-
-  def gradient(dy):
-    dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel,
-                                        out_backprop=dy, strides=[1, 1, 1, 1], padding="VALID")
-    half = [*kernel.shape[:3], kernel.shape[3] // 2]
-    dkernel = tf.concat([
-        tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=half, out_backprop=dy_half,
-                                        strides=[1, 1, 1, 1], padding="VALID")
-        for dy_half in tf.split(dy, 2, axis=3)], axis=3)
-    return dx, dkernel
-
-  return tf.nn.conv2d(x, kernel, 1, "VALID"), gradient
-
-
 def on_2x2_blocks(layer):
   """Whether `layer` convolves by conv_on_2x2_blocks: the generator's 7x7 head (3 filters) on
   a machine without GPUs.
@@ -273,9 +238,9 @@ def _block_kernel(kernel):
 def matmul_filter_gradient(layer, image_shape):
   """Whether to train `layer` by conv_with_matmul_filter_gradient (Conv2D) or
   conv_transpose_with_matmul_filter_gradient, given the (height, width, channels) of the
-  gradient's image operand (as gemm_filter_gradient): bf16 on a CPU, stride 1 with 128+
-  channels in and out (the residual convolutions, the discriminator's stride-1 layer), stride
-  2 with 64+ in the image operand (the generator's down and up convolutions, the
+  gradient's image operand (as gemm_filter_gradient), on a CPU: stride 1 with 128+ channels
+  in and out (the residual convolutions, the discriminator's stride-1 layer), and in bf16
+  stride 2 with 64+ in the image operand (the generator's down and up convolutions, the
   discriminator's but its first).
 
   oneDNN's bf16 filter gradient for them is an older kernel than its forward one (jit_bf16,
@@ -283,15 +248,20 @@ def matmul_filter_gradient(layer, image_shape):
   forward); 32x32x256 4.7 vs 3.4-3.6 ms; 32x32x128 1.4 vs 1.1-1.3 ms; stride 2 at 256 px:
   down0 14.6 vs 10.6, down1 12.4 vs 7.7, up0 12.2 vs 8.3, up1 15.5 vs 11.2 ms. The matmuls
   lose at stride 1 with 64 channels (1.2 vs 1.4 ms) and at stride 2 with 3 (1.3 vs 2.5 ms).
-  Measured on a 2-core AVX512_BF16 EPYC; README "Speed".
+  fp32, stride 1: 32x32x256 8.2 vs 6.6 ms, 64x64x256 24-33 vs 23-27 ms; the step at 128 px
+  1.326 -> 1.297 s, at 256 px the same as oneDNN's kernel on halves of the output channels,
+  which it replaced (5.07 vs 5.10 s). fp32 at stride 2 keeps gemm_filter_gradient (by
+  matmuls 87 vs 21 ms for down0 at 256 px). Measured on a 2-core AVX512_BF16 EPYC; README
+  "Speed".
   """
-  if (layer.compute_dtype != "bfloat16" or layer.padding != "valid" or None in image_shape or
-      tuple(layer.dilation_rate) != (1, 1) or tf.config.list_physical_devices("GPU")):
+  if (layer.compute_dtype not in ("bfloat16", "float32") or layer.padding != "valid" or
+      None in image_shape or tuple(layer.dilation_rate) != (1, 1) or
+      tf.config.list_physical_devices("GPU")):
     return False
   channels = image_shape[-1]
   if tuple(layer.strides) == (1, 1):
     return channels >= 128 and layer.filters >= 128
-  return tuple(layer.strides) == (2, 2) and channels >= 64
+  return layer.compute_dtype == "bfloat16" and tuple(layer.strides) == (2, 2) and channels >= 64
 
 
 def conv_with_matmul_filter_gradient(x, kernel, stride):

@@ -214,20 +214,6 @@ def test_gemm_filter_gradient_gives_the_same_numbers(make_layer, shape):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
-def test_halved_filter_gradient_gives_the_same_numbers():
-  """Training's float32 route for the residual convolutions from 256 px crops: the filter
-  gradient in two halves of output channels, the same numbers."""
-  import tensorflow as tf
-  layer = models.conv(256, 3)
-  x = tf.random.stateless_normal((1, 64, 64, 256), seed=[0, 2])
-  plain, ops = _forward_backward(layer, x, training=False)
-  assert [op.outputs[0].shape[3] for op in ops] == [256]
-  halves, ops = _forward_backward(layer, x, training=True)
-  assert [op.outputs[0].shape[3] for op in ops] == [128, 128]
-  for want, got in zip(plain, halves):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-
-
 def test_filter_gradient_routes_only_for_big_float32_layers():
   big = (258, 258, 64)  # down0's input at 256 px
   assert models.gemm_filter_gradient(models.conv(128, 3, strides=2), big)
@@ -240,16 +226,10 @@ def test_filter_gradient_routes_only_for_big_float32_layers():
   assert not models.gemm_filter_gradient(models.conv(128, 3, strides=2), (None, None, 64))
   same = models.Conv2D(128, 3, strides=2, padding="same")
   assert not models.gemm_filter_gradient(same, big)
-  residual = (66, 66, 256)  # a residual conv's input at 256 px
-  assert models.halved_filter_gradient(models.conv(256, 3), residual)
-  assert not models.halved_filter_gradient(models.conv(256, 3), (34, 34, 256))  # 128 px
-  assert not models.halved_filter_gradient(models.conv(64, 3), (130, 130, 64))
-  assert not models.halved_filter_gradient(models.conv(256, 3, strides=2), residual)
-  assert not models.halved_filter_gradient(models.conv(256, 3, dtype="mixed_bfloat16"), residual)
-  assert not models.halved_filter_gradient(models.conv(256, 3), (None, None, 256))
 
 
 @pytest.mark.parametrize("make_layer,shape", [
+    (lambda: models.conv(128, 3), (1, 18, 18, 128)),  # residual, float32
     (lambda: models.conv(128, 3, dtype="mixed_bfloat16"), (1, 18, 18, 128)),  # residual
     (lambda: models.conv(128, 3, strides=2, dtype="mixed_bfloat16"), (1, 35, 35, 64)),  # down
     (lambda: models.conv(128, 4, strides=2, dtype="mixed_bfloat16"), (1, 34, 34, 64)),  # PatchGAN
@@ -257,7 +237,7 @@ def test_filter_gradient_routes_only_for_big_float32_layers():
      (1, 17, 17, 128)),  # up
 ])
 def test_matmul_filter_gradient_gives_the_same_numbers(make_layer, shape):
-  """Training's bf16 route for stride-1 convolutions of 128+ channels and stride-2 ones: the
+  """Training's route for stride-1 convolutions of 128+ channels and bf16 stride-2 ones: the
   filter gradient as matmuls, not oneDNN's kernel; the same numbers up to bf16 rounding."""
   import tensorflow as tf
   layer = make_layer()
@@ -272,12 +252,13 @@ def test_matmul_filter_gradient_gives_the_same_numbers(make_layer, shape):
     np.testing.assert_allclose(got, want, rtol=2e-2, atol=1e-2 * np.abs(want).max())
 
 
-def test_matmul_filter_gradient_routes_only_bf16_layers_it_speeds_up():
+def test_matmul_filter_gradient_routes_only_layers_it_speeds_up():
   layer = models.conv(128, 3, dtype="mixed_bfloat16")
   assert models.matmul_filter_gradient(layer, (18, 18, 128))
   assert not models.matmul_filter_gradient(layer, (18, 18, 64))
   assert not models.matmul_filter_gradient(layer, (None, None, 128))
-  assert not models.matmul_filter_gradient(models.conv(128, 3), (18, 18, 128))  # float32
+  assert models.matmul_filter_gradient(models.conv(128, 3), (18, 18, 128))  # float32
+  assert not models.matmul_filter_gradient(models.conv(128, 3, strides=2), (18, 18, 128))
   assert not models.matmul_filter_gradient(models.conv(64, 3, dtype="mixed_bfloat16"),
                                            (18, 18, 128))
   strided = models.conv(64, 4, strides=2, dtype="mixed_bfloat16")
