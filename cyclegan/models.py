@@ -176,17 +176,17 @@ def gemm_filter_gradient(layer, image_shape):
   README "Speed".
   """
   h, w, channels = image_shape
-  return (_float32_3x3_on_cpu(layer, image_shape) and tuple(layer.strides) == (2, 2) and
-          channels >= 64 and h * w * channels >= 2**21)
+  return (_valid_on_cpu(layer) and layer.compute_dtype == "float32" and
+          tuple(layer.kernel_size) == (3, 3) and tuple(layer.strides) == (2, 2) and
+          None not in image_shape and channels >= 64 and h * w * channels >= 2**21)
 
 
-def _float32_3x3_on_cpu(layer, image_shape):
-  """What both training routes need: the generator's kind of convolution (3x3, 'valid',
-  undilated, which they write out for themselves) of a known shape, in float32, on a
-  machine without GPUs."""
-  return (layer.compute_dtype == "float32" and tuple(layer.kernel_size) == (3, 3) and
-          layer.padding == "valid" and tuple(layer.dilation_rate) == (1, 1) and
-          None not in image_shape and not tf.config.list_physical_devices("GPU"))
+def _valid_on_cpu(layer):
+  """What every route of Conv2D and Conv2DTranspose needs: the networks' kind of convolution
+  ('valid' and undilated; they write their padding out) on a machine without GPUs (each
+  route works around one of oneDNN's CPU kernels)."""
+  return (layer.padding == "valid" and tuple(layer.dilation_rate) == (1, 1) and
+          not tf.config.list_physical_devices("GPU"))
 
 
 def on_2x2_blocks(layer):
@@ -198,9 +198,8 @@ def on_2x2_blocks(layer):
   bf16 31.7 -> 15.6 ms, fp32 61 -> 28 ms; forward and backward at 256 px bf16 23.7 -> 13.5
   ms). Measured on a 2-core AVX512_BF16 EPYC; README "Speed".
   """
-  return (tuple(layer.kernel_size) == (7, 7) and tuple(layer.strides) == (1, 1) and
-          layer.filters <= 3 and layer.padding == "valid" and
-          tuple(layer.dilation_rate) == (1, 1) and not tf.config.list_physical_devices("GPU"))
+  return (_valid_on_cpu(layer) and tuple(layer.kernel_size) == (7, 7) and
+          tuple(layer.strides) == (1, 1) and layer.filters <= 3)
 
 
 def conv_on_2x2_blocks(x, kernel):
@@ -254,9 +253,8 @@ def matmul_filter_gradient(layer, image_shape):
   matmuls 87 vs 21 ms for down0 at 256 px). Measured on a 2-core AVX512_BF16 EPYC; README
   "Speed".
   """
-  if (layer.compute_dtype not in ("bfloat16", "float32") or layer.padding != "valid" or
-      None in image_shape or tuple(layer.dilation_rate) != (1, 1) or
-      tf.config.list_physical_devices("GPU")):
+  if (not _valid_on_cpu(layer) or layer.compute_dtype not in ("bfloat16", "float32") or
+      None in image_shape):
     return False
   channels = image_shape[-1]
   if tuple(layer.strides) == (1, 1):
