@@ -19,6 +19,7 @@ from absl import logging as absl_logging
 
 from cyclegan import any_size
 from cyclegan import cli
+from cyclegan import models
 
 # --formats name -> what ends the file name, after the model's base folder.
 SUFFIXES = {"tflite": "_fp32.tflite", "tflite_fp16": "_fp16.tflite",
@@ -131,7 +132,7 @@ def _quiet_converters():
 
 
 def convert(generator, fmt, size=None):
-  with _quiet_converters():
+  with _quiet_converters(), models.without_winograd():
     return to_onnx(generator, size) if fmt == "onnx" else to_tflite(generator, fmt, size)
 
 

@@ -238,14 +238,16 @@ def test_filter_gradient_routes_only_for_big_float32_layers():
 ])
 def test_matmul_filter_gradient_gives_the_same_numbers(make_layer, shape):
   """Training's route for stride-1 convolutions of 128+ channels and bf16 stride-2 ones: the
-  filter gradient as matmuls, not oneDNN's kernel; the same numbers up to bf16 rounding."""
+  filter gradient as matmuls, not oneDNN's kernel; the same numbers up to bf16 rounding.
+  Without Winograd, which float32 adds to it (test_winograd_trains_with_the_same_gradients)."""
   import tensorflow as tf
   layer = make_layer()
   x = tf.random.stateless_normal(shape, seed=[0, 3])
-  plain, ops = _forward_backward(layer, x, training=False)
-  assert len(ops) == 1
-  taps, ops = _forward_backward(layer, x, training=True)
-  assert not ops
+  with models.without_winograd():
+    plain, ops = _forward_backward(layer, x, training=False)
+    assert len(ops) == 1
+    taps, ops = _forward_backward(layer, x, training=True)
+    assert not ops
   # Output, input and filter gradients; the bias gradient is BiasAddGrad's either way (a sum in
   # bf16 whose order varies between graphs).
   for want, got in zip(plain[:3], taps[:3]):
@@ -297,3 +299,54 @@ def test_head_on_2x2_blocks_gives_the_same_numbers(shape, known):
   for want, got in zip(plain, blocks):
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("shape,known", [((2, 38, 38, 256), True), ((1, 37, 43, 256), True),
+                                         ((1, 35, 50, 256), False)])
+def test_winograd_gives_the_same_numbers(shape, known):
+  """Inference's float32 route for the residual convolutions: the plain convolution's output
+  up to float32 rounding, at sizes that are and are not whole tiles, known or not."""
+  import tensorflow as tf
+  layer = models.conv(256, 3)
+  layer.build(shape)
+  x = tf.random.stateless_normal(shape, seed=[0, 5])
+  signature = None if known else [tf.TensorSpec([None, None, None, shape[3]])]
+  run = tf.function(lambda x: layer(x, training=False), input_signature=signature)
+  graph = run.get_concrete_function(x).graph.as_graph_def()
+  ops = {node.op for node in graph.node}
+  ops |= {node.op for function in graph.library.function for node in function.node_def}
+  assert "BatchMatMulV2" in ops and "Conv2D" not in ops
+  got = run(x).numpy()
+  want = tf.nn.bias_add(tf.nn.conv2d(x, layer.kernel, 1, "VALID"), layer.bias).numpy()
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+def test_winograd_routes_only_wide_float32_layers_outside_converters():
+  layer = models.conv(256, 3)
+  assert models.winograd(layer, (130, 130, 256))
+  assert models.winograd(layer, (None, None, 256))
+  assert models.winograd(models.conv(128, 3), (18, 18, 128))
+  assert not models.winograd(layer, (10, 130, 256))  # a known small side: oneDNN is faster
+  assert not models.winograd(layer, (130, 130, 64))
+  assert not models.winograd(models.conv(64, 3), (130, 130, 256))
+  assert not models.winograd(models.conv(256, 3, dtype="mixed_bfloat16"), (130, 130, 256))
+  assert not models.winograd(models.conv(256, 3, strides=2), (130, 130, 256))
+  with models.without_winograd():
+    assert not models.winograd(layer, (130, 130, 256))
+  assert models.winograd(layer, (130, 130, 256))
+
+
+def test_winograd_trains_with_the_same_gradients():
+  """In float32 training the residual convolutions' output and input gradient go by Winograd
+  too (their filter gradient by taps): the plain convolution's numbers up to rounding."""
+  import tensorflow as tf
+  layer = models.conv(256, 3)
+  x = tf.random.stateless_normal((1, 36, 38, 256), seed=[0, 6])
+  plain, _ = _forward_backward(layer, x, training=False)
+  with models.without_winograd():
+    taps, _ = _forward_backward(layer, x, training=True)
+  winograd, _ = _forward_backward(layer, x, training=True)
+  assert np.abs(winograd[0] - taps[0]).max() > 0  # another route, not the same kernels
+  for want, got in zip(plain, winograd):
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
