@@ -343,8 +343,8 @@ def test_winograd_trains_with_the_same_gradients():
   import tensorflow as tf
   layer = models.conv(256, 3)
   x = tf.random.stateless_normal((1, 36, 38, 256), seed=[0, 6])
-  plain, _ = _forward_backward(layer, x, training=False)
-  with models.without_winograd():
+  with models.without_winograd():  # inference would take Winograd too
+    plain, _ = _forward_backward(layer, x, training=False)
     taps, _ = _forward_backward(layer, x, training=True)
   winograd, _ = _forward_backward(layer, x, training=True)
   assert np.abs(winograd[0] - taps[0]).max() > 0  # another route, not the same kernels
