@@ -106,6 +106,23 @@ def test_generator_matches_numpy_reference(height, width, training):
   np.testing.assert_allclose(got, np_generator(x, sd, 2), atol=2e-5)
 
 
+def test_biases_before_instance_norms_are_left_out_only_outside_training():
+  """An instance norm subtracts each channel's mean, so the bias of a convolution feeding it
+  changes nothing: inference leaves it out (the numpy references add it, with random biases),
+  training keeps it for its gradient, as the reference."""
+  import tensorflow as tf
+  x = tf.zeros([1, 32, 32, 3])
+  def bias_adds(model, training):
+    run = tf.function(lambda x: model(x, training=training))
+    graph = run.get_concrete_function(x).graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    return sum(node.op == "BiasAdd" for node in nodes)
+  generator = models.resnet_generator(ngf=4, n_blocks=2)
+  assert (bias_adds(generator, False), bias_adds(generator, True)) == (1, 10)  # head / all
+  discriminator = models.patch_discriminator(ndf=4, n_layers=3)
+  assert (bias_adds(discriminator, False), bias_adds(discriminator, True)) == (2, 5)
+
+
 @pytest.mark.parametrize("n_layers,size", [(3, 64), (2, 45)])
 def test_discriminator_matches_numpy_reference(n_layers, size):
   rng = np.random.default_rng(1)
