@@ -145,12 +145,13 @@ class Conv2D(keras.layers.Conv2D):
     if on_2x2_blocks(self):
       y = conv_on_2x2_blocks(x, self.kernel)
     elif not training and winograd(self, x.shape[1:]):
-      y = conv_by_winograd(x, tf.convert_to_tensor(self.kernel))
+      y = conv_by_winograd(x, winograd_kernels(self, tf.convert_to_tensor(self.kernel), x.device))
     elif training and gemm_filter_gradient(self, x.shape[1:]):
       y = tf.nn.conv2d(x, self.kernel, self.strides, padding=NO_PADDING)
     elif training and matmul_filter_gradient(self, x.shape[1:]):
-      y = conv_with_matmul_filter_gradient(x, self.kernel, self.strides[0],
-                                           winograd(self, x.shape[1:]))
+      y = conv_with_matmul_filter_gradient(
+          x, self.kernel, self.strides[0],
+          winograd(self, x.shape[1:]) and functools.partial(winograd_kernels, self))
     else:
       y = self.convolution_op(x, self.kernel)
     return y if bias_cancelled(self, training) else tf.nn.bias_add(y, self.bias)
@@ -301,24 +302,26 @@ def matmul_filter_gradient(layer, image_shape):
   return layer.compute_dtype == "bfloat16" and tuple(layer.strides) == (2, 2) and channels >= 64
 
 
-def conv_with_matmul_filter_gradient(x, kernel, stride, by_winograd=False):
-  """A 'valid' convolution whose filter gradient is _filter_gradient_by_taps; by_winograd (3x3
-  stride 1): its output and input gradient by conv_by_winograd, the input gradient as the
-  'valid' convolution of the zero-padded output gradient with the kernel turned half round."""
+def conv_with_matmul_filter_gradient(x, kernel, stride, transformed=None):
+  """A 'valid' convolution whose filter gradient is _filter_gradient_by_taps; with
+  `transformed` (3x3 stride 1; (kernel, device, flipped) -> Winograd kernels, as
+  winograd_kernels): its output and input gradient by conv_by_winograd, the input gradient as
+  the 'valid' convolution of the zero-padded output gradient with the kernel turned half
+  round."""
 
   @tf.custom_gradient
   def convolve(x, kernel):
     def gradient(dy):
-      if by_winograd:
+      if transformed:
         dx = conv_by_winograd(tf.pad(dy, [[0, 0], [2, 2], [2, 2], [0, 0]]),
-                              tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2]))
+                              transformed(kernel, x.device, flipped=True))
       else:
         dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel,
                                             out_backprop=dy, strides=[1, stride, stride, 1],
                                             padding="VALID")
       return dx, _filter_gradient_by_taps(x, dy, tuple(kernel.shape[:2]), stride)
-    if by_winograd:
-      return conv_by_winograd(x, kernel), gradient
+    if transformed:
+      return conv_by_winograd(x, transformed(kernel, x.device)), gradient
     return tf.nn.conv2d(x, kernel, stride, "VALID"), gradient
 
   return convolve(x, kernel)
@@ -424,18 +427,47 @@ def winograd_transforms():
   return square(input_), square(kernel), square(output)
 
 
+# Per graph being traced: (layer, device, flipped) -> its transformed kernels.
+_WINOGRAD_KERNELS = weakref.WeakKeyDictionary()
+
+
+def winograd_kernels(layer, kernel, device, flipped=False):
+  """conv_by_winograd's kernels ([36, in, out]) for `layer`'s `kernel` (flipped: turned half
+  round, in and out swapped, for its input gradient), made once per traced graph, layer and
+  device (each replica its own), from the kernel as the graph first reads it: a graph must
+  not update the layer between two of its passes (a training step updates after them all).
+
+  A training step runs each generator three times, forward and backward: transformed per
+  pass, the residual kernels were 216 transforms of ~0.8 ms a step (72 now).
+  """
+  def make():
+    turned = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2]) if flipped else kernel
+    channels_in, channels_out = turned.shape[2:]
+    _, kernel_transform, _ = winograd_transforms()
+    return tf.reshape(tf.matmul(kernel_transform, tf.reshape(turned, [9, -1])),
+                      [36, channels_in, channels_out])
+  if tf.executing_eagerly():
+    return make()
+  per_graph = _WINOGRAD_KERNELS.setdefault(tf.compat.v1.get_default_graph(), {})
+  if (layer, device, flipped) not in per_graph:
+    with tf.control_dependencies(None), tf.name_scope("winograd_kernels/"):
+      per_graph[layer, device, flipped] = make()
+  return per_graph[layer, device, flipped]
+
+
 @tf.function(autograph=False, experimental_attributes={"_noinline": True})
-def conv_by_winograd(x, kernel):
+def conv_by_winograd(x, kernels):
   """A 'valid' 3x3 stride-1 float32 convolution by Winograd's F(4x4, 3x3): per 4x4 outputs
   and channel pair 36 multiplications instead of 144, in one batched matmul of transformed
-  6x6 input tiles (at stride 4) by transformed kernels. Any sides, known or not.
+  6x6 input tiles (at stride 4) by transformed kernels (winograd_kernels). Any sides, known or
+  not.
 
   Tiles and outputs are gathered (one copy each, no padding or transposes), and the function
   is not inlined, as _filter_gradient_by_taps: each call costs tracing time in proportion to
   its ops (inlined, the full model's training step traced in 16.1 instead of 2.7 s).
   """
-  input_transform, kernel_transform, output_transform = winograd_transforms()
-  channels_in, channels_out = kernel.shape[2:]
+  input_transform, _, output_transform = winograd_transforms()
+  channels_in, channels_out = kernels.shape[1:]
   batch, height, width, _ = tf.unstack(tf.shape(x))
   rows, cols = (height + 1) // 4, (width + 1) // 4  # tiles over the output's height - 2, width - 2
   # Tap i of tile r reads row 4r + i, clamped to the last row: the rows past it only reach
@@ -447,9 +479,7 @@ def conv_by_winograd(x, kernel):
             tf.reshape(tap_rows, [6, 1, 1, -1, 1])) * width + tf.reshape(tap_cols, [1, 6, 1, 1, -1])
   tiles = tf.gather(tf.reshape(x, [-1, channels_in]), tf.reshape(pixels, [36, -1]))
   tiles = tf.matmul(input_transform, tf.reshape(tiles, [36, -1]))
-  kernels = tf.matmul(kernel_transform, tf.reshape(kernel, [9, -1]))
-  products = tf.matmul(tf.reshape(tiles, [36, -1, channels_in]),
-                       tf.reshape(kernels, [36, channels_in, channels_out]))
+  products = tf.matmul(tf.reshape(tiles, [36, -1, channels_in]), kernels)
   outputs = tf.reshape(tf.matmul(output_transform, tf.reshape(products, [36, -1])),
                        [-1, channels_out])  # row: output (i, j) of its tile, then the tile
   out_rows, out_cols = tf.range(height - 2), tf.range(width - 2)

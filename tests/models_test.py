@@ -367,3 +367,28 @@ def test_winograd_trains_with_the_same_gradients():
   assert np.abs(winograd[0] - taps[0]).max() > 0  # another route, not the same kernels
   for want, got in zip(plain, winograd):
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+def test_winograd_transforms_each_kernel_once_per_graph():
+  """A training step runs each generator three times: within one graph each kernel is
+  transformed once, and once turned round for the input gradients, and the gradients are the
+  plain convolution's, summed over the passes."""
+  import tensorflow as tf
+  layer = models.conv(256, 3)
+  xs = [tf.random.stateless_normal((1, 22, 26, 256), seed=[0, i]) for i in (7, 8)]
+
+  def forward_backward(xs):
+    with tf.GradientTape() as tape:
+      tape.watch(xs)
+      loss = sum(tf.reduce_sum(y * tf.sin(y)) for y in (layer(x, training=True) for x in xs))
+    return tape.gradient(loss, [*xs, layer.kernel, layer.bias])
+
+  winograd = tf.function(forward_backward)
+  transforms = [op for op in winograd.get_concrete_function(xs).graph.get_operations()
+                if op.type == "MatMul" and op.name.startswith("winograd_kernels/")]
+  assert len(transforms) == 2
+  got = [t.numpy() for t in winograd(xs)]
+  with models.without_winograd():
+    want = [t.numpy() for t in tf.function(forward_backward)(xs)]
+  for w, g in zip(want, got):
+    np.testing.assert_allclose(g, w, rtol=0, atol=2e-5 * np.abs(w).max())
