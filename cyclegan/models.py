@@ -59,8 +59,20 @@ class ReflectionPad2D(keras.layers.Layer):
     return {**super().get_config(), "padding": self.padding}
 
 
-# Per graph being traced: (channels, device) -> (scale 1, offset 0, empty mean/variance).
-_NORM_CONSTANTS = weakref.WeakKeyDictionary()
+# Per graph being traced: key -> what once_per_graph made for it.
+_PER_GRAPH = weakref.WeakKeyDictionary()
+
+
+def once_per_graph(key, make, name, after=None):
+  """make() once per traced graph and key (eagerly, on every call), in name scope `name`,
+  after the tensors `after` (None: after nothing, wherever the first call stands)."""
+  if tf.executing_eagerly():
+    return make()
+  per_graph = _PER_GRAPH.setdefault(tf.compat.v1.get_default_graph(), {})
+  if key not in per_graph:
+    with tf.control_dependencies(after), tf.name_scope(name):
+      per_graph[key] = make()
+  return per_graph[key]
 
 
 def _norm_constants(channels, device):
@@ -68,13 +80,9 @@ def _norm_constants(channels, device):
   channel count and device (each replica its own): made per call they were ~600 of the
   training step's ~6,400 graph ops."""
   make = lambda: (tf.ones([channels]), tf.zeros([channels]), tf.constant([], tf.float32))
-  if tf.executing_eagerly() or not isinstance(channels, int):
+  if not isinstance(channels, int):
     return make()
-  per_graph = _NORM_CONSTANTS.setdefault(tf.compat.v1.get_default_graph(), {})
-  if (channels, device) not in per_graph:
-    with tf.control_dependencies(None), tf.name_scope("instance_norm_constants/"):
-      per_graph[channels, device] = make()
-  return per_graph[channels, device]
+  return once_per_graph(("instance_norm", channels, device), make, "instance_norm_constants/")
 
 
 @keras.saving.register_keras_serializable(package="cyclegan")
@@ -124,15 +132,9 @@ class InstanceNormalization(keras.layers.Layer):
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
-@keras.saving.register_keras_serializable(package="cyclegan")
-class Conv2D(keras.layers.Conv2D):
-  """Keras's Conv2D (same weights and numbers) adding its bias with one BiasAdd.
-
-  Keras reshapes the bias, squeezes it back and adds it: with their gradients, about 950 of
-  the training step's ops, each traced in Python and instantiated before the first step.
-  In training see gemm_filter_gradient and matmul_filter_gradient, outside it winograd.
-  instance_normalized: see bias_cancelled.
-  """
+class _BiasBeforeNorm:
+  """A convolution's `instance_normalized` flag (its output goes straight into an instance
+  norm) and its bias add, left out where bias_cancelled."""
 
   def __init__(self, *args, instance_normalized=False, **kwargs):
     super().__init__(*args, **kwargs)
@@ -140,6 +142,20 @@ class Conv2D(keras.layers.Conv2D):
 
   def get_config(self):
     return {**super().get_config(), "instance_normalized": self.instance_normalized}
+
+  def _add_bias(self, y, training):
+    return y if bias_cancelled(self, training) else tf.nn.bias_add(y, self.bias)
+
+
+@keras.saving.register_keras_serializable(package="cyclegan")
+class Conv2D(_BiasBeforeNorm, keras.layers.Conv2D):
+  """Keras's Conv2D (same weights and numbers) adding its bias with one BiasAdd.
+
+  Keras reshapes the bias, squeezes it back and adds it: with their gradients, about 950 of
+  the training step's ops, each traced in Python and instantiated before the first step.
+  In training see gemm_filter_gradient and matmul_filter_gradient, outside it winograd.
+  instance_normalized: see bias_cancelled.
+  """
 
   def call(self, x, training=None):
     if on_2x2_blocks(self):
@@ -154,38 +170,30 @@ class Conv2D(keras.layers.Conv2D):
           winograd(self, x.shape[1:]) and functools.partial(winograd_kernels, self))
     else:
       y = self.convolution_op(x, self.kernel)
-    return y if bias_cancelled(self, training) else tf.nn.bias_add(y, self.bias)
+    return self._add_bias(y, training)
 
 
 @keras.saving.register_keras_serializable(package="cyclegan")
-class Conv2DTranspose(keras.layers.Conv2DTranspose):
+class Conv2DTranspose(_BiasBeforeNorm, keras.layers.Conv2DTranspose):
   """Keras's 'valid' Conv2DTranspose (same weights and numbers); in training see
   gemm_filter_gradient and matmul_filter_gradient; instance_normalized: see bias_cancelled."""
-
-  def __init__(self, *args, instance_normalized=False, **kwargs):
-    super().__init__(*args, **kwargs)
-    self.instance_normalized = instance_normalized
-
-  def get_config(self):
-    return {**super().get_config(), "instance_normalized": self.instance_normalized}
 
   def call(self, x, training=None):
     if self.output_padding or self.padding != "valid" or tuple(self.dilation_rate) != (1, 1):
       return super().call(x)
     (sh, sw), (kh, kw) = self.strides, self.kernel_size
-    side = lambda axis, stride, k: (
-        (x.shape[axis] if x.shape[axis] is not None else tf.shape(x)[axis]) - 1) * stride + k
-    out = (side(1, sh, kh), side(2, sw, kw), self.filters)
+    shape = tf.shape(x)
+    height, width = (shape[i] if x.shape[i] is None else x.shape[i] for i in (1, 2))
+    out = ((height - 1) * sh + kh, (width - 1) * sw + kw, self.filters)  # ints where known
+    output_shape = (shape[0], *out)
     known = None not in x.shape[1:3]
     if training and known and gemm_filter_gradient(self, out):
-      y = tf.nn.conv2d_transpose(x, self.kernel, (tf.shape(x)[0], *out), self.strides,
-                                 padding=NO_PADDING)
+      y = tf.nn.conv2d_transpose(x, self.kernel, output_shape, self.strides, padding=NO_PADDING)
     elif training and known and matmul_filter_gradient(self, out):
-      y = conv_transpose_with_matmul_filter_gradient(x, self.kernel, (tf.shape(x)[0], *out), sh)
+      y = conv_transpose_with_matmul_filter_gradient(x, self.kernel, output_shape, sh)
     else:
-      y = tf.nn.conv2d_transpose(x, self.kernel, (tf.shape(x)[0], *out), self.strides,
-                                 padding="VALID")
-    return y if bias_cancelled(self, training) else tf.nn.bias_add(y, self.bias)
+      y = tf.nn.conv2d_transpose(x, self.kernel, output_shape, self.strides, padding="VALID")
+    return self._add_bias(y, training)
 
 
 def bias_cancelled(layer, training):
@@ -427,10 +435,6 @@ def winograd_transforms():
   return square(input_), square(kernel), square(output)
 
 
-# Per graph being traced: (layer, device, flipped) -> its transformed kernels.
-_WINOGRAD_KERNELS = weakref.WeakKeyDictionary()
-
-
 def winograd_kernels(layer, kernel, image, flipped=False):
   """conv_by_winograd's kernels ([36, in, out]) for `layer`'s `kernel` (flipped: turned half
   round, in and out swapped, for its input gradient), made once per traced graph, layer and
@@ -451,14 +455,8 @@ def winograd_kernels(layer, kernel, image, flipped=False):
     _, kernel_transform, _ = winograd_transforms()
     return tf.reshape(tf.matmul(kernel_transform, tf.reshape(turned, [9, -1])),
                       [36, channels_in, channels_out])
-  if tf.executing_eagerly():
-    return make()
-  per_graph = _WINOGRAD_KERNELS.setdefault(tf.compat.v1.get_default_graph(), {})
-  key = (layer, image.device, flipped)
-  if key not in per_graph:
-    with tf.control_dependencies([image]), tf.name_scope("winograd_kernels/"):
-      per_graph[key] = make()
-  return per_graph[key]
+  return once_per_graph(("winograd", layer, image.device, flipped), make, "winograd_kernels/",
+                        after=[image])
 
 
 @tf.function(autograph=False, experimental_attributes={"_noinline": True})

@@ -89,6 +89,13 @@ def random_state_dict(model, layer_names, rng):
   return sd
 
 
+def _traced_ops(run, x):
+  """The op types of tf.function `run` traced for `x`, its function library's included."""
+  graph = run.get_concrete_function(x).graph.as_graph_def()
+  return [node.op for node in graph.node] + [
+      node.op for function in graph.library.function for node in function.node_def]
+
+
 def test_parameter_counts_at_full_size():
   assert models.resnet_generator(64, 9).count_params() == 11_378_179
   assert models.resnet_generator(64, 6).count_params() == 7_837_699
@@ -113,10 +120,7 @@ def test_biases_before_instance_norms_are_left_out_only_outside_training():
   import tensorflow as tf
   x = tf.zeros([1, 32, 32, 3])
   def bias_adds(model, training):
-    run = tf.function(lambda x: model(x, training=training))
-    graph = run.get_concrete_function(x).graph.as_graph_def()
-    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
-    return sum(node.op == "BiasAdd" for node in nodes)
+    return _traced_ops(tf.function(lambda x: model(x, training=training)), x).count("BiasAdd")
   generator = models.resnet_generator(ngf=4, n_blocks=2)
   assert (bias_adds(generator, False), bias_adds(generator, True)) == (1, 10)  # head / all
   discriminator = models.patch_discriminator(ndf=4, n_layers=3)
@@ -329,9 +333,7 @@ def test_winograd_gives_the_same_numbers(shape, known):
   x = tf.random.stateless_normal(shape, seed=[0, 5])
   signature = None if known else [tf.TensorSpec([None, None, None, shape[3]])]
   run = tf.function(lambda x: layer(x, training=False), input_signature=signature)
-  graph = run.get_concrete_function(x).graph.as_graph_def()
-  ops = {node.op for node in graph.node}
-  ops |= {node.op for function in graph.library.function for node in function.node_def}
+  ops = _traced_ops(run, x)
   assert "BatchMatMulV2" in ops and "Conv2D" not in ops
   got = run(x).numpy()
   want = tf.nn.bias_add(tf.nn.conv2d(x, layer.kernel, 1, "VALID"), layer.bias).numpy()
