@@ -141,8 +141,9 @@ def test_full_size_export_stores_each_weight_once(full_size_export):
 
 def test_bf16_signature_is_within_a_few_levels_of_fp32_on_real_photos(full_size_export,
                                                                        shared_data):
-  """The full-size generator (reference init) on 8 real photos: measured mean 1.29 levels,
-  p99 5, max 17 (of 255) between translate_uint8_bf16 and translate_uint8."""
+  """The full-size generator (reference init) on 8 real photos: measured mean 1.48 levels,
+  p99 6, max 25 (of 255) between translate_uint8_bf16 and translate_uint8 (1.29, 5, 19
+  before the residual convolutions went by models.conv_by_row_winograd)."""
   files = (sorted((shared_data / "horse2zebra" / "testA").iterdir())[:4] +
            sorted((shared_data / "monet2photo" / "testB").iterdir())[:4])
   photos = tf.constant(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
