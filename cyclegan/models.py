@@ -530,11 +530,15 @@ def row_winograd_kernels(layer, kernel, image):
                         after=[image])
 
 
+@tf.function(autograph=False, experimental_attributes={"_noinline": True})
 def conv_by_row_winograd(x, kernels):
   """A 'valid' 3x3 stride-1 convolution by Winograd's F(2, 3) along rows: per two output rows
   four 1x3 convolutions (each over one row of transformed inputs, by one of
   row_winograd_kernels) instead of two 3x3 ones, 2/3 of the multiplications, each still
   oneDNN's kernel. Any batch and sides; an odd height computes one output row more and crops it.
+  A function of its own, not inlined, as conv_by_winograd: its ~130 ops inlined in each of the
+  full generator's 18 convolutions doubled the graph (1,978 -> 4,264 ops at 512 px), its
+  tracing (0.4 -> 0.85 s) and the first call's setup (+0.25 s).
 
   The transformed inputs and the four products are rounded to bf16 each: against float64 on
   the same bf16 inputs and kernel, rms 0.43% of the output's, the direct convolution's 0.17%
