@@ -507,8 +507,9 @@ def row_winograd(layer, image_shape, training):
   only fewer multiplications help, and F(4x4, 3x3) or F(2x2, 3x3) in bf16 do not pay (their
   batched matmuls run at half the convolution's rate; "Speed" in the README). Two threads,
   input side 130 (512 px images), 256 channels: 22.2 -> 18.4 ms; side 258: 86.5 -> 74 ms;
-  66: 6.45 -> 5.3 ms; 34: even. 128 channels at 130: 6.7 -> 6.1 ms. Measured on a 2-core
-  AVX512_BF16 EPYC.
+  66: 6.45 -> 5.3 ms; 34: even. 128 channels at 130: 6.7 -> 6.1 ms. Not in training: its
+  output and input gradient by rows made the bf16 step at 256 px slower (2.70 -> 3.11 s).
+  Measured on a 2-core AVX512_BF16 EPYC.
   """
   height, width, channels = image_shape
   return (not training and _valid_on_cpu(layer) and not _WITHOUT_WINOGRAD.get() and
