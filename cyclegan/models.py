@@ -403,11 +403,19 @@ def winograd(layer, image_shape):
   model translating 512 px: 1.13 -> 0.68 s; its training step at 256 px 5.29 -> 4.03 s, at
   128 px 1.39 -> 1.17 s. Measured on a 2-core AVX512_BF16 EPYC; README "Speed".
   """
+  return _wide_3x3(layer, image_shape, "float32", min_side=18)
+
+
+def _wide_3x3(layer, image_shape, dtype, min_side):
+  """What both Winograd routes take, given the layer's input (height, width, channels): a
+  3x3 stride-1 convolution in `dtype` with 128+ channels in and out on a CPU, outside
+  without_winograd, unless a side is known to be under `min_side`."""
   height, width, channels = image_shape
   return (_valid_on_cpu(layer) and not _WITHOUT_WINOGRAD.get() and
-          layer.compute_dtype == "float32" and tuple(layer.kernel_size) == (3, 3) and
+          layer.compute_dtype == dtype and tuple(layer.kernel_size) == (3, 3) and
           tuple(layer.strides) == (1, 1) and channels is not None and channels >= 128 and
-          layer.filters >= 128 and all(side is None or side >= 18 for side in (height, width)))
+          layer.filters >= 128 and
+          all(side is None or side >= min_side for side in (height, width)))
 
 
 # F(4x4, 3x3)'s interpolation points (and infinity). Against float64, the error on a
@@ -511,11 +519,7 @@ def row_winograd(layer, image_shape, training):
   output and input gradient by rows made the bf16 step at 256 px slower (2.70 -> 3.11 s).
   Measured on a 2-core AVX512_BF16 EPYC.
   """
-  height, width, channels = image_shape
-  return (not training and _valid_on_cpu(layer) and not _WITHOUT_WINOGRAD.get() and
-          layer.compute_dtype == "bfloat16" and tuple(layer.kernel_size) == (3, 3) and
-          tuple(layer.strides) == (1, 1) and channels is not None and channels >= 128 and
-          layer.filters >= 128 and all(side is None or side >= 66 for side in (height, width)))
+  return not training and _wide_3x3(layer, image_shape, "bfloat16", min_side=66)
 
 
 def row_winograd_kernels(layer, kernel, image):
