@@ -9,6 +9,8 @@ import sys
 
 from absl import app, flags
 
+from cyclegan import quiet
+
 OK, SOME_FAILED, USAGE = 0, 1, 2
 
 
@@ -43,6 +45,7 @@ def run(main, define_flags, bare_values=None):
   bare_values: {flag name: value} for string flags that may be given alone (`--formats`).
   """
   def guarded(argv):
+    quiet.hide_tf_info(flags.FLAGS.verbosity)
     try:
       return main(argv) or OK
     except UserError as e:

@@ -11,6 +11,7 @@ import os
 import pathlib
 
 from cyclegan import cli
+from cyclegan import files
 
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 SYNTHETIC = "synthetic"
@@ -83,6 +84,10 @@ class Config:
       "auto", "TensorFlow's graph optimizer (Grappler). auto: off on CPU-only machines (it adds "
       "3-8 s to the first step and nothing to the step time), else on.",
       ("auto", "on", "off"))
+  cpu_kernels: str = _field(
+      "auto", "CPU convolution routes (cyclegan/kernels/): auto takes them where they pay, on "
+      "machines without a GPU; off traces plain convolutions (oneDNN's) everywhere.",
+      ("auto", "off"))
   steps_per_call: int = _field(
       0, "Train steps per tf.function call, with no host round trip between them; a call also "
       "ends at each step that logs or saves. 0: auto, about a second of steps on GPUs and TPUs, "
@@ -206,10 +211,8 @@ def for_resume(config, flag_overrides, saved):
 
 def save(config, path):
   """Atomic write, so a kill never leaves a half-written config."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
+  with files.atomic_open(path) as f:
     json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def load_saved(path):

@@ -18,6 +18,7 @@ The generator's variables are tracked directly, not through the Keras model, so 
 C++ loader (TF Serving, saved_model_cli) finds them and each weight is stored once.
 """
 
+import contextlib
 import os
 import time
 
@@ -26,7 +27,9 @@ from absl import flags, logging
 
 from cyclegan import any_size
 from cyclegan import cli
+from cyclegan import files
 from cyclegan import images as images_lib
+from cyclegan import kernels
 from cyclegan import models
 from cyclegan import portable
 from cyclegan import synthetic
@@ -37,6 +40,24 @@ DIRECTIONS = {"a2b": "generator_a2b", "b2a": "generator_b2a"}
 BYTES_SIGNATURE = "serving_default"
 FLOAT_SIGNATURE = "translate_float"
 UINT8_SIGNATURES = {"fp32": "translate_uint8", "bf16": "translate_uint8_bf16"}  # by precision
+
+
+@contextlib.contextmanager
+def compute_dtype(model, policy):
+  """Runs `model` in another precision, on the same float32 weights, within the block.
+
+  The last layer (the float32 output) keeps its policy. Used to trace a bf16 copy of a
+  graph that shares its variables with the float32 one.
+  """
+  layers = model.layers[:-1]
+  saved = [layer.dtype_policy for layer in layers]
+  for layer in layers:
+    layer.dtype_policy = policy
+  try:
+    yield model
+  finally:
+    for layer, old in zip(layers, saved):
+      layer.dtype_policy = old
 
 
 class ServingModule(tf.Module):
@@ -68,7 +89,7 @@ class ServingModule(tf.Module):
 
     self.translate_float = float_translation()
     self.translate_uint8 = uint8_translation(self.translate_float)
-    with models.compute_dtype(generator, "mixed_bfloat16"):
+    with compute_dtype(generator, "mixed_bfloat16"):
       self.translate_uint8_bf16 = uint8_translation(float_translation())
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, "image_bytes")],
@@ -121,10 +142,9 @@ def save(generator, base, version=None):
   path = os.path.join(base, str(version))
   if os.path.exists(path):
     raise FileExistsError(f"{path} exists: pick another --version or remove it")
-  tmp = os.path.join(base, f".tmp-{version}")
   module = ServingModule(generator)
-  tf.saved_model.save(module, tmp, signatures=module.signatures())
-  os.replace(tmp, path)
+  with files.atomic_path(path) as temporary:
+    tf.saved_model.save(module, temporary, signatures=module.signatures())
   return path
 
 
@@ -141,6 +161,17 @@ def generator_of(loaded, dtype="float32"):
   generator = models.resnet_generator(weights[0].shape[-1], n_blocks, dtype=dtype)
   generator.set_weights([w.numpy() for w in weights])
   return generator
+
+
+def signatures(loaded, cpu_kernels):
+  """{name: function} to run a loaded export by, with --cpu_kernels: auto, its saved graphs
+  as they are; off, its weights traced again here without the CPU routes (kernels.off), under
+  the same names."""
+  if cpu_kernels == "auto":
+    return dict(loaded.signatures)
+  with kernels.off():
+    traced = ServingModule(generator_of(loaded)).signatures()
+  return {name: fn for name, fn in traced.items() if name in loaded.signatures}
 
 
 def _workdir_config(workdir):
@@ -239,6 +270,11 @@ def define_flags():
   flags.DEFINE_string("export_dir", None,
                       "Where to write a2b/ and b2a/ (default: saved_models/<name>).")
   flags.DEFINE_integer("version", None, "Version folder to write (default: the next free number).")
+  flags.DEFINE_enum("cpu_kernels", "auto", list(kernels.MODES),
+                    "CPU convolution routes (cyclegan/kernels/) in the SavedModels' graphs: "
+                    "auto takes them where they pay, when exporting on a machine without a "
+                    "GPU; off traces plain convolutions (oneDNN's). --formats files never have "
+                    "them.")
   portable.define_flags()
 
 
@@ -249,6 +285,7 @@ def main(argv):
     raise cli.UserError("give --workdir (export a training run) or --model (convert an export "
                         "to --formats), not both")
   formats, size = portable.from_flags(default="all" if flags_.model else None)
+  kernels.configure(flags_.cpu_kernels)
   if flags_.model:
     write_formats(flags_.model, formats, size)
     return

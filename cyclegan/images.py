@@ -9,12 +9,13 @@ would mistake for a finished one.
 """
 
 import os
-import tempfile
 import warnings
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps
+
+from cyclegan import files as files_lib
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 # What TensorFlow's decoders read (training, serving_default): all but TIFF.
@@ -124,15 +125,8 @@ def save_image(f, rgb, alpha, fmt):
 
 def write_image(path, rgb, alpha, fmt):
   """Atomically writes `rgb` (plus `alpha` where the format keeps it)."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      save_image(f, rgb, alpha, fmt)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  with files_lib.atomic_open(path, "wb") as f:
+    save_image(f, rgb, alpha, fmt)
 
 
 # --- In the graph --------------------------------------------------------------------------

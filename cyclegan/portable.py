@@ -19,7 +19,8 @@ from absl import logging as absl_logging
 
 from cyclegan import any_size
 from cyclegan import cli
-from cyclegan import models
+from cyclegan import files
+from cyclegan import kernels
 
 # --formats name -> what ends the file name, after the model's base folder.
 SUFFIXES = {"tflite": "_fp32.tflite", "tflite_fp16": "_fp16.tflite",
@@ -132,7 +133,7 @@ def _quiet_converters():
 
 
 def convert(generator, fmt, size=None):
-  with _quiet_converters(), models.without_winograd():
+  with _quiet_converters(), kernels.off():
     return to_onnx(generator, size) if fmt == "onnx" else to_tflite(generator, fmt, size)
 
 
@@ -190,10 +191,8 @@ def compare(reference, output):
 
 def write(data, path):
   """Atomically: an interrupted export leaves no half file under the final name."""
-  tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-  with open(tmp, "wb") as f:
+  with files.atomic_open(path, "wb") as f:
     f.write(data)
-  os.replace(tmp, path)
   return path
 
 

@@ -1,12 +1,16 @@
-"""What the machine decides: the tf.distribute strategy, the precision `auto` picks, and the
-graph optimizer, thread pools, oneDNN's primitive cache. Only `configure_threads` and
-`configure_process` change process-wide state; commands call them."""
+"""What the machine decides: the tf.distribute strategy, the precision `auto` picks (training
+and the commands that run an export), and the graph optimizer, thread pools, oneDNN's
+primitive cache. Only `configure_threads` and `configure_process` change process-wide state;
+commands call them."""
 
 import gc
 import os
 
 import tensorflow as tf
-from absl import logging
+from absl import flags, logging
+
+from cyclegan import export
+from cyclegan import kernels
 
 
 def make_strategy(name, tpu=""):
@@ -117,6 +121,50 @@ def resolve(config, num_replicas=1):
   precision, why = auto_precision(config, num_replicas)
   logging.info("precision auto: %s (%s)", precision, why)
   return config.replace(precision=precision)
+
+
+def define_inference_flags(computed="the model"):
+  """--precision (of what `computed` names) and --cpu_kernels of the commands that run an
+  export (translate, serve)."""
+  flags.DEFINE_enum(
+      "precision", "auto", ["auto", *export.UINT8_SIGNATURES],
+      f"Compute precision of {computed}. auto: bf16 where the machine "
+      "runs it natively (CPUs with AVX512_BF16/AMX, where it is ~1.6x faster, and GPUs of "
+      "compute capability 8+; outputs within a few levels of fp32), fp32 elsewhere and for "
+      "exports without a bf16 signature.")
+  flags.DEFINE_enum(
+      "cpu_kernels", "auto", list(kernels.MODES),
+      "CPU convolution routes (cyclegan/kernels/): auto runs the export's graph as exported "
+      "(with the routes that paid where it was exported); off traces its weights again with "
+      "plain convolutions (oneDNN's), as tiles and videos then are too.")
+
+
+def auto_inference_precision():
+  """(precision, why) for `--precision auto` of a command that runs an export: bf16 where the
+  machine runs it natively, else fp32."""
+  capability = gpu_capability()
+  if capability is not None:
+    name = f"GPU compute capability {capability[0]}.{capability[1]}"
+    return ("bf16", f"{name} has bf16") if capability >= GPU_BF16_CAPABILITY else ("fp32", name)
+  if cpu_has_bf16():
+    return "bf16", "CPU with AVX512_BF16/AMX"
+  return "fp32", "CPU without AVX512_BF16/AMX"
+
+
+def inference_precision(requested, signatures):
+  """The precision to run an export with `signatures` (names) at: `requested`, or auto's
+  pick, logged with the reason; fp32 (one warning) where an older export has no signature
+  for the pick. An explicit precision is not checked here: its caller says what is missing."""
+  if requested != "auto":
+    return requested
+  precision, why = auto_inference_precision()
+  if export.UINT8_SIGNATURES[precision] not in signatures:
+    logging.warning("precision auto: fp32, not %s (%s): the export has no %s signature; "
+                    "export it again with this version", precision, why,
+                    export.UINT8_SIGNATURES[precision])
+    return "fp32"
+  logging.info("precision auto: %s (%s)", precision, why)
+  return precision
 
 
 def graph_optimizer_off(config):

@@ -8,13 +8,10 @@ The app is cyclegan.serving; this is the command: flags, the socket, the server'
 """
 
 import logging as std_logging
-import os
 import signal
 import sys
 
 from absl import flags
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 try:
   import uvicorn  # noqa: E402
@@ -25,7 +22,8 @@ except ImportError as e:  # The [serve] extra: starlette, uvicorn, python-multip
   sys.exit(2)
 
 from cyclegan import cli  # noqa: E402
-from cyclegan import export  # noqa: E402
+from cyclegan import kernels  # noqa: E402
+from cyclegan import runtime  # noqa: E402
 
 
 def define_flags():
@@ -53,9 +51,7 @@ def define_flags():
                        "about 2 KB per pixel of a tile and its 32 px halo, full-size generator "
                        "in fp32, plus 12 bytes per image pixel).")
   flags.DEFINE_integer("max_batch", 8, "Most images per model call when requests queue up.")
-  flags.DEFINE_enum("precision", "fp32", list(export.UINT8_SIGNATURES),
-                    "Compute precision of :translate (bf16 is ~1.6x faster on CPUs with "
-                    "AVX512_BF16; :predict uses the signature the request names).")
+  runtime.define_inference_flags(":translate (:predict runs the signature a request names)")
   flags.DEFINE_integer("shutdown_timeout", 30, "Seconds that in-flight requests get to finish "
                        "after SIGINT/SIGTERM.")
   flags.DEFINE_float("body_timeout", 30, "Seconds the server waits for the next part of a "
@@ -76,13 +72,16 @@ def main(argv):
         raise ValueError("--grpc_port needs the tensorflow-serving-api package: pip install "
                          "--no-deps tensorflow-serving-api") from None
     sock = http.listen(f.host, f.port)
-    runners = http.load_runners(f.model_dir, f.model, f.max_batch)
+    kernels.configure(f.cpu_kernels)
+    runners = http.load_runners(f.model_dir, f.model, f.max_batch, f.cpu_kernels)
   except (OSError, ValueError) as e:
     raise cli.UserError(str(e)) from None
+  precision = runtime.inference_precision(
+      f.precision, set.intersection(*(set(r.signatures) for r in runners.values())))
   host, port = sock.getsockname()[:2]
   host = f"[{host}]" if ":" in host else host
   grpc_address = f"{host}:{f.grpc_port}" if f.grpc_port is not None else None
-  server = http.Server(runners, f.max_body_mb * 2**20, f.max_pixels, f.precision, grpc_address,
+  server = http.Server(runners, f.max_body_mb * 2**20, f.max_pixels, precision, grpc_address,
                        f.body_timeout, f.tile, f.max_translate_pixels)
   url = f"http://{host}:{port}"
   for name, runner in sorted(runners.items()):

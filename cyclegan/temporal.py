@@ -16,7 +16,6 @@ from PIL import Image
 from cyclegan import any_size
 from cyclegan import images as images_lib
 from cyclegan import models
-from cyclegan import tiling
 
 MOMENTUM = 0.9  # Weight of the past: about the last 10 frames count (tools/warping_error.py).
 CUT_DISTANCE = 0.3  # Histogram distance (0-1) above which a frame starts a new shot.
@@ -78,7 +77,7 @@ class StableStatistics:
         mean = tf.scan(smooth, (mean, keep), initializer=means[i][0])
         variance = tf.scan(smooth, (variance, keep), initializer=variances[i][0])
         carried.append((mean[-1:], variance[-1:]))
-        return (x - mean) * tf.math.rsqrt(variance + tiling.EPSILON)
+        return (x - mean) * tf.math.rsqrt(variance + models.INSTANCE_NORM_EPSILON)
 
       shape = tf.shape(frames)
       padded, top, left = any_size.pad_to_multiple(images_lib.to_unit_range(frames))

@@ -29,7 +29,6 @@ from cyclegan import export
 from cyclegan import images as images_lib
 from cyclegan import models
 
-EPSILON = 1e-5  # InstanceNormalization's
 HALO = 32  # Measured: 16, 32 and 64 give the same output on the mosaic (tools/tiling_table.py).
 
 
@@ -52,7 +51,7 @@ def tile_boxes(length, tile, halo, align=4):
 
 def _normalize_with(means, variances):
   """normalize(i, x) for models.run_generator with given statistics."""
-  return lambda i, x: (x - means[i]) * tf.math.rsqrt(variances[i] + EPSILON)
+  return lambda i, x: (x - means[i]) * tf.math.rsqrt(variances[i] + models.INSTANCE_NORM_EPSILON)
 
 
 class SharedStatistics:
@@ -78,7 +77,7 @@ class SharedStatistics:
       def normalize(i, x):
         mean, variance = tf.nn.moments(x, axes=[1, 2], keepdims=True)
         found.append((mean, variance))
-        return (x - mean) * tf.math.rsqrt(variance + EPSILON)
+        return (x - mean) * tf.math.rsqrt(variance + models.INSTANCE_NORM_EPSILON)
       models.run_generator(generator, images_lib.to_unit_range(x), normalize)
       return found
 

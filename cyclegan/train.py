@@ -15,6 +15,7 @@ from absl import flags, logging
 from cyclegan import cli
 from cyclegan import config as config_lib
 from cyclegan import export as export_lib
+from cyclegan import kernels
 from cyclegan import runtime
 from cyclegan import train_lib
 from cyclegan import workdir as workdir_lib
@@ -57,6 +58,7 @@ def main(argv):
   runtime.configure_threads()
   strategy = runtime.make_strategy(config.strategy, config.tpu)
   runtime.configure_process(config)
+  kernels.configure(config.cpu_kernels)
   try:
     workdir = train_lib.train(config, strategy)
   except KeyboardInterrupt:

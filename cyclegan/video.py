@@ -16,6 +16,8 @@ import av
 import numpy as np
 from PIL import Image, ImageSequence
 
+from cyclegan import files
+
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 ANIMATION_EXTENSIONS = (".gif", ".webp")  # videos when they have more than one frame
 DEFAULT_QUALITY = 18  # x264's CRF: 0 lossless, 23 its default, 51 worst; ~visually lossless
@@ -59,35 +61,16 @@ def probe(path):
     return 0, None
 
 
-def _temporary(target):
-  folder, name = os.path.split(target)
-  return os.path.join(folder, f".{name}.partial{os.path.splitext(name)[1]}")
-
-
-def _atomically(target, write):
-  """write(temporary path), then rename onto target; nothing left on failure or interrupt."""
-  os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-  temporary = _temporary(target)
-  try:
-    write(temporary)
-    os.replace(temporary, target)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.unlink(temporary)
-    raise
-
-
 def translate(source, target, translate_batch, batch_size, quality=DEFAULT_QUALITY,
               progress=None):
   """Translates every frame of `source` into `target` with translate_batch(uint8 [N, H, W, 3]
   consecutive frames) -> same shape; raises VideoError."""
   try:
-    if is_video_name(source):
-      _atomically(target, lambda t: _translate_video(source, t, translate_batch, batch_size,
-                                                     quality, progress))
-    else:
-      _atomically(target, lambda t: _translate_animation(source, t, translate_batch,
-                                                         batch_size, progress))
+    with files.atomic_path(target) as temporary:
+      if is_video_name(source):
+        _translate_video(source, temporary, translate_batch, batch_size, quality, progress)
+      else:
+        _translate_animation(source, temporary, translate_batch, batch_size, progress)
   except (av.FFmpegError, OSError, ValueError, EOFError) as e:
     raise VideoError(f"{type(e).__name__}: {e}") from e
 

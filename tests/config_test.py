@@ -43,3 +43,16 @@ def test_resume_keeps_the_saved_config_and_refuses_a_different_architecture(tmp_
   assert (resumed.ngf, resumed.epochs, resumed.max_steps) == (8, 3, 9)
   with pytest.raises(config_lib.ConfigError, match="trained with ngf=8"):
     config_lib.for_resume(fresh, {"ngf": 16}, loaded)
+
+
+def test_cpu_kernels_is_a_runtime_choice_a_resume_may_change(tmp_path):
+  """Routes change how convolutions are computed, not the checkpoint: a resumed run may switch."""
+  saved = config_lib.make_config({"cpu_kernels": "off", "workdir": str(tmp_path)})
+  config_lib.save(saved, tmp_path / "config.json")
+  assert config_lib.Config().cpu_kernels == "auto"
+  resumed = config_lib.for_resume(saved, {"cpu_kernels": "auto"},
+                                  config_lib.load_saved(tmp_path / "config.json"))
+  assert resumed.cpu_kernels == "auto"
+  assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # No temporary left.
+  with pytest.raises(config_lib.ConfigError, match="cpu_kernels must be one of"):
+    config_lib.make_config({"cpu_kernels": "on"})

@@ -8,9 +8,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
-
-from conftest import REPO, load_tool, tiny_config
+from conftest import REPO, load_tool, photo, tiny_config
 
 torch = pytest.importorskip("torch", reason="PyTorch is the optional [torch] extra")
 
@@ -35,12 +33,6 @@ def _save(tmp_path, state, name="net_G.pth"):
   return str(path)
 
 
-def _photo(shared_data, height, width):
-  path = sorted((shared_data / "horse2zebra" / "testA").iterdir())[0]
-  image = Image.open(path).convert("RGB").resize((width, height), Image.BICUBIC)
-  return np.asarray(image, np.float32)[None] / 127.5 - 1
-
-
 def _torch_translate(net, x):
   """PyTorch on the same centred reflect padding our export uses, then cropped back."""
   _, height, width, _ = x.shape
@@ -55,10 +47,10 @@ def _torch_translate(net, x):
 
 
 @pytest.mark.parametrize("height,width", [(256, 256), (200, 300), (201, 302)])
-def test_converted_savedmodel_matches_pytorch_on_a_real_photo(shared_data, tmp_path, height, width):
+def test_converted_savedmodel_matches_pytorch_on_a_photo(tmp_path, height, width):
   net, state = _state_dict()
   path = convert_torch.convert(_save(tmp_path, state), str(tmp_path / "export"))
-  x = _photo(shared_data, height, width)
+  x = photo(height, width).astype(np.float32)[None] / 127.5 - 1
   got = tf.saved_model.load(path).signatures["translate_float"](images=tf.constant(x))["images"]
   want = _torch_translate(net, x)
   assert got.shape == want.shape

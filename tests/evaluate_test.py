@@ -5,14 +5,19 @@ import os
 import subprocess
 import sys
 
+import keras
+import numpy as np
 import pytest
+import scipy.linalg
 
 from cyclegan import config as config_lib
 from cyclegan import evaluate
 from cyclegan import export
+from cyclegan import metrics
 from cyclegan import models
-from cyclegan import train_lib
+from cyclegan import synthetic
 from conftest import REPO
+from quiet_test import run_as_user, tf_chatter
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +74,24 @@ def test_real_images_fid_path(tiny_export, shared_data):
     evaluate.evaluate(tiny_export, str(shared_data / "monet2photo"), which="paired", max_images=2)
 
 
+def test_fid_is_zero_for_the_true_mapping_and_matches_scipy_for_the_baseline(tiny_export,
+                                                                          monkeypatch):
+  """With a feature extractor whose features are known (mean colour) and the exact A->B
+  mapping as the model: outputs equal targets, and the baseline is FID(testA, testB)."""
+  monkeypatch.setattr(metrics, "inception", lambda weights: keras.Sequential(
+      [keras.Input((None, None, 3)), keras.layers.GlobalAveragePooling2D()]))
+  monkeypatch.setattr(evaluate.translate, "TiledModel", lambda *args: synthetic.to_domain_b)
+  result = evaluate.evaluate(tiny_export, config_lib.SYNTHETIC, which="fid",
+                             inception_weights="random", max_images=32)
+  c = config_lib.make_config({})
+  test_a = synthetic.make_splits(c.synthetic_size, c.synthetic_train, c.synthetic_test)["testA"]
+  colours = [(x[:32] / 127.5 - 1).mean((1, 2)) for x in (test_a, synthetic.to_domain_b(test_a))]
+  (mu1, s1), (mu2, s2) = [(c.mean(0), np.cov(c, rowvar=False)) for c in colours]
+  want = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+  assert result["fid"] == pytest.approx(0, abs=1e-9)
+  assert want > 0.1 and result["fid_identity_baseline"] == pytest.approx(want, rel=1e-3)
+
+
 def test_default_training_run_beats_the_identity_baseline(tmp_path):
   """The quality bar: `python -m cyclegan.train` with no flags, as a user runs it.
 
@@ -77,10 +100,11 @@ def test_default_training_run_beats_the_identity_baseline(tmp_path):
   8.4 dB: 0.23 and 9.2 dB better, with a spread of 0.002 and 0.2 dB between seeds. A broken
   loss, schedule or export lands near the baseline; the bar sits at under half the margin.
   """
-  config = config_lib.resolve(None, {"workdir": str(tmp_path / "w"),
-                                     "export_dir": str(tmp_path / "e")})
-  paths = export.export_from_workdir(train_lib.train(config), config.resolved_export_dir)
-  result = evaluate.evaluate(paths["a2b"], config_lib.SYNTHETIC, which="paired")
+  stderr = run_as_user("cyclegan.train", "--workdir", str(tmp_path / "w"),
+                       "--export_dir", str(tmp_path / "e"))
+  assert not tf_chatter(stderr), "\n".join(tf_chatter(stderr))  # Its stderr is only our lines.
+  result = evaluate.evaluate(str(tmp_path / "e" / "a2b" / "1"), config_lib.SYNTHETIC,
+                             which="paired")
   model, baseline = result["paired"], result["identity_baseline"]
   assert model["l1"] < baseline["l1"] - 0.1
   assert model["psnr"] > baseline["psnr"] + 5.0

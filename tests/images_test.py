@@ -34,7 +34,7 @@ def test_every_orientation_as_pillow_turns_it(fmt):
 
 
 @pytest.mark.parametrize("orientation", [3, 6])
-def test_a_real_phone_style_jpeg_comes_out_upright(shared_data, tmp_path, orientation):
+def test_a_phone_style_jpeg_comes_out_upright(tmp_path, orientation):
   """TF's and Pillow's JPEG decoders differ by ~1 level on average; a wrong turn by ~60."""
   upright = oriented_jpeg(tmp_path / "photo.jpg", orientation)
   got = images.decode_rgb(tf.constant((tmp_path / "photo.jpg").read_bytes())).numpy()

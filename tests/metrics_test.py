@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.signal
 
 from cyclegan import metrics
 
@@ -56,12 +57,35 @@ def test_kid_is_unbiased_near_zero_for_one_distribution():
   assert abs(same) < 0.01 < apart
 
 
+def _ssim_by_hand(x, y):
+  """SSIM (Wang et al. 2004) as the standard setting computes it: 11x11 Gaussian windows
+  (sigma 1.5) inside the image, K1 0.01, K2 0.03, L 255; mean over windows, channels, images."""
+  g = np.exp(-0.5 * (np.arange(11) - 5.0) ** 2 / 1.5**2)
+  window = np.outer(g, g) / g.sum() ** 2
+  local = lambda a: np.stack([[scipy.signal.correlate2d(a[n, ..., c], window, mode="valid")
+                               for c in range(a.shape[-1])] for n in range(len(a))])
+  x, y = x.astype(np.float64), y.astype(np.float64)
+  mx, my = local(x), local(y)
+  vx, vy, cxy = local(x * x) - mx**2, local(y * y) - my**2, local(x * y) - mx * my
+  c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+  return np.mean((2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+
+
 def test_paired_metrics_closed_form():
+  """Flat images: SSIM is its luminance term alone; textured ones: the formula by hand."""
   target = np.full((2, 16, 16, 3), 100, np.uint8)
   out = metrics.paired(target + 10, target)
   assert out["l1"] == pytest.approx(10 / 255)
   assert out["psnr"] == pytest.approx(20 * np.log10(255 / 10), rel=1e-5)
+  c1 = (0.01 * 255) ** 2
+  # TF's float32 E[xy] - E[x]E[y], of terms ~22000, is off by ~7e-5 here.
+  assert out["ssim"] == pytest.approx((2 * 110 * 100 + c1) / (110**2 + 100**2 + c1), abs=2e-4)
   assert metrics.paired(target, target)["ssim"] == pytest.approx(1.0)
+  rng = np.random.default_rng(5)
+  x = rng.integers(0, 256, (2, 24, 20, 3), np.uint8)
+  y = np.clip(0.7 * x + rng.normal(40, 30, x.shape), 0, 255).astype(np.uint8)
+  want = _ssim_by_hand(x, y)
+  assert 0.2 < want < 0.9 and metrics.paired(x, y)["ssim"] == pytest.approx(want, rel=1e-4)
 
 
 def test_inception_features_for_mixed_sizes_with_random_weights():

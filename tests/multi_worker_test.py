@@ -10,10 +10,7 @@ import sys
 import tensorflow as tf
 
 from cyclegan import input_pipeline
-from conftest import REPO, tiny_config
-
-TINY = ["--load_size", "36", "--crop_size", "32", "--ngf", "4", "--ndf", "4", "--n_blocks", "1",
-        "--synthetic_size", "36", "--synthetic_train", "8", "--synthetic_test", "4"]
+from conftest import REPO, tiny_config, tiny_flags
 
 
 def _free_ports(n):
@@ -33,10 +30,10 @@ def _run_workers(tmp_path, max_steps):
     tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                  "task": {"type": "worker", "index": index}}
     env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    flags = tiny_flags(strategy="multi_worker", batch_size=2, max_steps=max_steps)
     procs.append(subprocess.Popen(
-        [sys.executable, "-m", "cyclegan.train", "--strategy", "multi_worker", "--batch_size", "2",
-         "--max_steps", str(max_steps), "--workdir", str(tmp_path / "w"), "--export_dir",
-         str(tmp_path / "e"), *TINY], cwd=REPO, env=env, stdout=subprocess.PIPE,
+        [sys.executable, "-m", "cyclegan.train", "--workdir", str(tmp_path / "w"), "--export_dir",
+         str(tmp_path / "e"), *flags], cwd=REPO, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True))
   outputs = [p.communicate(timeout=300) for p in procs]
   for proc, (_, err) in zip(procs, outputs):

@@ -7,13 +7,12 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from cyclegan import cli
 from cyclegan import export
 from cyclegan import portable
 from cyclegan import train_lib
-from conftest import REPO, tiny_config
+from conftest import REPO, photo, tiny_config
 
 litert = pytest.importorskip("ai_edge_litert.interpreter", reason="the [export] extra")
 onnxruntime = pytest.importorskip("onnxruntime", reason="the [export] extra")
@@ -44,13 +43,8 @@ RUNTIMES = {"tflite": run_tflite, "tflite_fp16": run_tflite, "tflite_int8": run_
             "onnx": run_onnx}
 
 
-def real_photos(shared_data):
-  """Two real photos at 256x256 and one at an odd size (157x203), uint8 [1, H, W, 3]."""
-  files = [sorted((shared_data / d).iterdir())[0]
-           for d in ("horse2zebra/testA", "monet2photo/testB", "horse2zebra/testB")]
-  photos = [np.asarray(Image.open(f).convert("RGB").resize((256, 256))) for f in files[:2]]
-  photos.append(np.asarray(Image.open(files[2]).convert("RGB").resize((203, 157))))
-  return [p[None] for p in photos]
+# Two photos at 256x256 and one at an odd size (157x203), uint8 [1, H, W, 3].
+PHOTOS = [photo(h, w, seed)[None] for seed, (h, w) in enumerate([(256, 256)] * 2 + [(157, 203)])]
 
 
 def export_command(*args):
@@ -88,7 +82,7 @@ def tiny_export(tiny_run):
   return tiny_run[1]
 
 
-def test_every_format_matches_the_savedmodel_in_its_runtime(tiny_export, shared_data):
+def test_every_format_matches_the_savedmodel_in_its_runtime(tiny_export):
   """Tiny model after two steps: measured fp32 and ONNX max 1, fp16 max 1 (mean 0.013 levels),
   int8 47.7-48.4 dB."""
   base = os.path.dirname(tiny_export)
@@ -98,20 +92,20 @@ def test_every_format_matches_the_savedmodel_in_its_runtime(tiny_export, shared_
     assert portable.file_path(base, fmt) in done.stdout
   assert not [f for f in os.listdir(os.path.dirname(base)) if f.startswith(".tmp")]
   assert sorted(os.listdir(base)) == ["1"]  # TF Serving's layout untouched
-  found = checks(base, portable.SUFFIXES, real_photos(shared_data))
+  found = checks(base, portable.SUFFIXES, PHOTOS)
   for fmt in ("tflite", "onnx"):
     assert max(c.max_diff for c in found[fmt]) <= 1, found[fmt]
   assert max(c.max_diff for c in found["tflite_fp16"]) <= 3, found["tflite_fp16"]
   assert min(c.psnr for c in found["tflite_int8"]) >= 30, found["tflite_int8"]
 
 
-def test_full_size_generator(full_size_export, shared_data):
+def test_full_size_generator(full_size_export):
   """ngf 64, 9 blocks at its random init, the worst case for int8 (measured 28.6-31.2 dB, mean
   30.0; after 300 training steps 38.5-40.1 dB, README). fp32 files: measured max 1."""
   base = os.path.dirname(full_size_export)
   done = export_command("--model", full_size_export, "--formats", "tflite,tflite_int8,onnx")
   assert done.returncode == 0, done.stderr[-3000:]
-  found = checks(base, ["tflite", "tflite_int8", "onnx"], real_photos(shared_data))
+  found = checks(base, ["tflite", "tflite_int8", "onnx"], PHOTOS)
   for fmt in ("tflite", "onnx"):
     assert max(c.max_diff for c in found[fmt]) <= 1, found[fmt]
   psnrs = [c.psnr for c in found["tflite_int8"]]

@@ -77,3 +77,20 @@ def test_a_bad_input_in_a_batch_fails_only_its_own_request(model_path):
     assert result["translated_size"].tolist() == [[10, 14]]
   assert max(runner.batch_sizes) >= 2  # The three after the first were queued together.
   runner.close()
+
+
+def test_cpu_kernels_off_runs_the_weights_traced_again_under_the_same_signatures(model_path):
+  """Metadata stays the export's; calls run the re-traced graphs (tf.pad's MirrorPad where the
+  saved graph gathers), within rounding of the saved ones, with the same input errors."""
+  runner = runner_lib.ModelRunner("a2b", model_path, cpu_kernels="off")
+  model = tf.saved_model.load(model_path)
+  assert set(runner.signatures) == set(model.signatures)
+  graph = runner._functions["translate_uint8"].graph.as_graph_def()
+  assert "MirrorPad" in {n.op for f in graph.library.function for n in f.node_def}
+  x = np.random.RandomState(3).randint(0, 256, (2, 12, 20, 3), np.uint8)
+  got = runner.call("translate_uint8", {"images": x})["images"].astype(int)
+  want = model.signatures["translate_uint8"](images=tf.constant(x))["images"].numpy()
+  assert np.abs(got - want).max() <= 2
+  with pytest.raises(errors.ModelInputError, match="Unknown image file format"):
+    runner.call("serving_default", {"image_bytes": np.array([b"not an image"], dtype=object)})
+  runner.close()

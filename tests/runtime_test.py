@@ -1,5 +1,6 @@
 """Machine-dependent defaults: which precision and graph optimizer `auto` picks, and why."""
 
+import io
 import os
 
 import keras
@@ -71,8 +72,21 @@ def test_tpu_is_bf16():
   assert runtime.auto_precision(config_lib.make_config({"strategy": "tpu"}))[0] == "bf16"
 
 
-def test_cpu_flags_are_read():
-  assert isinstance(runtime.cpu_has_bf16(), bool)
+@pytest.mark.parametrize("cpuinfo,expected", [
+    ("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n", True),
+    ("flags\t\t: fpu amx_tile amx_bf16\nbugs\t\t: spectre_v1\n", True),
+    ("flags\t\t: fpu avx2 avx512f avx512_vnni\nbugs\t\t: avx512_bf16\n", False),
+    ("processor\t: 0\nmodel name\t: no flags line\n", False),
+    (None, False)])
+def test_cpu_flags_are_read_from_proc_cpuinfo(monkeypatch, cpuinfo, expected):
+  """Only the flags line counts; an unreadable /proc/cpuinfo (not Linux) means no bf16."""
+  def fake_open(path):
+    assert path == "/proc/cpuinfo"
+    if cpuinfo is None:
+      raise FileNotFoundError(path)
+    return io.StringIO(cpuinfo)
+  monkeypatch.setattr(runtime, "open", fake_open, raising=False)
+  assert runtime.cpu_has_bf16() is expected
 
 
 def test_resolve_picks_and_configure_process_applies_the_choice(monkeypatch,

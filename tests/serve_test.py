@@ -90,7 +90,7 @@ def grpc_port():
 def server(export_dir, grpc_port):
   args = ["--model_dir", str(export_dir), "--max_body_mb", "1", "--max_pixels", str(MAX_PIXELS),
           "--tile", str(TILE), "--max_translate_pixels", str(MAX_TRANSLATE_PIXELS),
-          "--body_timeout", "2", "--idle_timeout", "2"]
+          "--body_timeout", "2", "--idle_timeout", "2", "--precision", "fp32"]
   try:
     import tensorflow_serving.apis  # noqa: F401
     args += ["--grpc_port", str(grpc_port)]
@@ -178,8 +178,7 @@ def test_translate_raw_and_multipart_uploads(client, saved):
 
 
 @pytest.mark.parametrize("orientation", [3, 6])
-def test_phone_photos_are_upright_on_translate_and_predict(client, saved, shared_data, tmp_path,
-                                                           orientation):
+def test_phone_photos_are_upright_on_translate_and_predict(client, saved, tmp_path, orientation):
   upright = oriented_jpeg(tmp_path / "photo.jpg", orientation)
   data = (tmp_path / "photo.jpg").read_bytes()
   want = saved["a2b"].signatures["translate_uint8"](images=tf.constant(upright[None]))
@@ -480,3 +479,15 @@ def test_port_in_use_is_one_line(export_dir):
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
   assert result.returncode == 2
   assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_precision_auto_and_cpu_kernels_off_start_and_translate(export_dir):
+  """The defaults' counterpart: --precision auto says what it picked and why, once."""
+  served = Served("--model", f"x={export_dir / 'a2b'}", "--cpu_kernels", "off")
+  try:
+    assert len([line for line in served.lines if "precision auto: " in line]) == 1
+    with httpx.Client(base_url=served.url, timeout=60) as client:
+      response = client.post("/v1/models/x:translate", content=_encode(_image(7, 20, 28)))
+    assert response.status_code == 200 and _decode(response.content).shape == (20, 28, 3)
+  finally:
+    assert served.stop() == 0

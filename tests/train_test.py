@@ -8,16 +8,12 @@ import time
 
 import tensorflow as tf
 
-from conftest import REPO
-
-TINY = ["--load_size", "36", "--crop_size", "32", "--ngf", "4", "--ndf", "4", "--n_blocks", "1",
-        "--synthetic_size", "36", "--synthetic_train", "8", "--synthetic_test", "4",
-        "--strategy", "default"]
+from conftest import REPO, tiny_flags
 
 
 def _train(tmp_path, *flags, wait=True):
   args = [sys.executable, "-m", "cyclegan.train", "--workdir", str(tmp_path / "w"),
-          "--export_dir", str(tmp_path / "e"), *TINY, *flags]
+          "--export_dir", str(tmp_path / "e"), *tiny_flags(), *flags]
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
   if not wait:
     return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,

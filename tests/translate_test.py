@@ -1,15 +1,19 @@
 """`python -m cyclegan.translate` on a folder of awkward and broken files."""
 
+import json
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
+from cyclegan import cli
 from cyclegan import export
 from cyclegan import models
+from cyclegan import runtime
 from cyclegan import synthetic
 from cyclegan import translate
 from conftest import REPO, oriented_jpeg
@@ -159,8 +163,7 @@ def test_tiling_an_odd_sized_image_keeps_its_size(model_dir):
 
 
 @pytest.mark.parametrize("orientation", [3, 6])
-def test_phone_photo_translates_as_its_upright_pixels(model_dir, shared_data, tmp_path,
-                                                      orientation):
+def test_phone_photo_translates_as_its_upright_pixels(model_dir, tmp_path, orientation):
   inputs = tmp_path / "in"
   inputs.mkdir()
   upright = oriented_jpeg(inputs / "phone.jpg", orientation)
@@ -196,7 +199,7 @@ def test_a_large_image_stays_within_the_memory_budget(tmp_path):
   scene = synthetic.warm_scenes(1, 500, seed=1)[0]
   (tmp_path / "in").mkdir()
   Image.fromarray(scene).resize((3000, 2000), Image.BICUBIC).save(tmp_path / "in" / "big.jpg")
-  common = ["--model", str(base), "--input", str(tmp_path / "in")]
+  common = ["--model", str(base), "--input", str(tmp_path / "in"), "--precision", "fp32"]
   budget = 1.2e9
   tiled = _peak_rss_run(*common, "--output", str(tmp_path / "tiled"), "--memory_budget", "1.2")
   whole = _peak_rss_run(*common, "--output", str(tmp_path / "whole"), "--tile", "0")
@@ -204,3 +207,80 @@ def test_a_large_image_stays_within_the_memory_budget(tmp_path):
   assert tiled <= budget < whole
   with Image.open(tmp_path / "tiled" / "big.jpg") as image:
     assert image.size == (3000, 2000)
+
+
+def test_a_cpu_runs_large_images_one_per_call_and_small_ones_together(model_dir, monkeypatch):
+  """A batch of 512 px images costs more per image than single calls on a CPU; small images
+  gain from the batch (TiledModel._run)."""
+  monkeypatch.setattr(translate, "CPU_SINGLE_CALL_PIXELS", 24 * 20)
+  translator = translate.TiledModel(translate.resolve_model(model_dir), "fp32", 0, 0, 0)
+  signature, calls = translator._signature, []
+  translator._signature = lambda images: calls.append(len(images)) or signature(images=images)
+  large, small = (np.stack([_rgb(h, w) for _ in range(3)]) for h, w in ((24, 20), (20, 20)))
+  assert translator(large).shape == large.shape and translator(small).shape == small.shape
+  assert calls == ([3, 3] if tf.config.list_physical_devices("GPU") else [1, 1, 1, 3])
+
+
+def test_the_folder_benchmark_reports_what_the_speed_table_reads(tmp_path):
+  done = subprocess.run(
+      [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--what", "folder", "--size",
+       "32", "--images", "6", "--ngf", "4", "--n_blocks", "1", "--precision", "fp32"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(done.stdout.splitlines()[-1])
+  assert result["precision"] == "fp32" and result["steps"] == 2
+  assert 0 < result["median_s"] < result["first_step_s"] and result["peak_rss_gb"] > 0
+
+
+@pytest.mark.parametrize("gpu,cpu_bf16,want", [
+    (None, True, "bf16"), (None, False, "fp32"), ((8, 0), False, "bf16"), ((7, 5), True, "fp32")])
+def test_precision_auto_is_bf16_where_the_machine_runs_it_natively(monkeypatch, caplog, gpu,
+                                                                   cpu_bf16, want):
+  monkeypatch.setattr(runtime, "gpu_capability", lambda: gpu)
+  monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: cpu_bf16)
+  with caplog.at_level("INFO", logger="absl"):
+    assert runtime.inference_precision("auto", export.UINT8_SIGNATURES.values()) == want
+  assert [r.getMessage() for r in caplog.records if "precision auto" in r.getMessage()] == [
+      f"precision auto: {want} ({runtime.auto_inference_precision()[1]})"]
+  assert runtime.inference_precision("fp32", export.UINT8_SIGNATURES.values()) == "fp32"
+
+
+def test_an_export_without_bf16_runs_fp32_under_auto_and_refuses_explicit_bf16(
+    monkeypatch, caplog, tmp_path):
+  """As exports from before the bf16 signature: auto falls back with one warning line."""
+  module = export.ServingModule(models.resnet_generator(ngf=4, n_blocks=1))
+  signatures = module.signatures()
+  del signatures[export.UINT8_SIGNATURES["bf16"]]
+  tf.saved_model.save(module, str(tmp_path / "old"), signatures=signatures)
+  monkeypatch.setattr(runtime, "gpu_capability", lambda: None)
+  monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+  with caplog.at_level("INFO", logger="absl"):
+    translator = translate.TiledModel(str(tmp_path / "old"), "auto", 0, 0, 0)
+  assert [r.levelname for r in caplog.records if "precision auto" in r.getMessage()] == [
+      "WARNING"]
+  assert translator(_rgb(12, 16)[None]).shape == (1, 12, 16, 3)
+  with pytest.raises(cli.UserError, match="has no translate_uint8_bf16 signature"):
+    translate.TiledModel(str(tmp_path / "old"), "bf16", 0, 0, 0)
+
+
+def _ops(function):
+  graph = function.graph.as_graph_def()
+  return {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+
+
+def test_cpu_kernels_off_runs_the_weights_traced_again_with_plain_ops(model_dir, tmp_path):
+  """off re-traces the export without the routes: its reflect padding is tf.pad's MirrorPad,
+  where the saved graph gathers (kernels.reflect_pad); the pixels agree within rounding."""
+  path = translate.resolve_model(model_dir)
+  saved = translate.TiledModel(path, "fp32", 0, 0, 0)
+  off = translate.TiledModel(path, "fp32", 0, 0, 0, cpu_kernels="off")
+  assert "MirrorPad" in _ops(off._signature) and "MirrorPad" not in _ops(saved._signature)
+  image = _rgb(40, 56)
+  (tmp_path / "in").mkdir()
+  Image.fromarray(image).save(tmp_path / "in" / "x.png")
+  done = _translate("--model", model_dir, "--input", str(tmp_path / "in"), "--output",
+                    str(tmp_path / "out"), "--precision", "fp32", "--cpu_kernels", "off")
+  assert done.returncode == 0, done.stderr[-2000:]
+  got = np.asarray(Image.open(tmp_path / "out" / "x.png")).astype(int)
+  assert np.abs(got - saved(image[None])[0]).max() <= 2

@@ -3,6 +3,7 @@
   python tools/benchmark.py --what train --size 256 --precision bf16
   python tools/benchmark.py --what translate --size 512
   python tools/benchmark.py --what input --size 256 --dataset ../shared/data/horse2zebra
+  python tools/benchmark.py --what folder --size 512 --precision fp32
 
 Run one configuration per process: peak RSS is the process's own. Models are full size
 (ngf 64, 9 blocks, 70x70 PatchGAN) unless --ngf/--n_blocks say otherwise.
@@ -13,6 +14,7 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -20,15 +22,22 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from cyclegan import config as config_lib  # noqa: E402
+from cyclegan import export  # noqa: E402
 from cyclegan import runtime  # noqa: E402
 from cyclegan import input_pipeline  # noqa: E402
 from cyclegan import models  # noqa: E402
+from cyclegan import synthetic  # noqa: E402
+from cyclegan import tiling  # noqa: E402
 from cyclegan import train_lib  # noqa: E402
+from cyclegan import translate  # noqa: E402
 
-flags.DEFINE_enum("what", "train", ["train", "translate", "input"],
-                  "train: one full iteration; translate: generator forward; input: tf.data only.")
+flags.DEFINE_enum("what", "train", ["train", "translate", "input", "folder"],
+                  "train: one full iteration; translate: generator forward; input: tf.data "
+                  "only; folder: cyclegan.translate's folder path, JPEGs in and out, through "
+                  "an export (median_s: steady seconds per image).")
 flags.DEFINE_integer("size", 256, "Square image side.")
 flags.DEFINE_integer("batch_size", 1, "Global batch size.")
 flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16", "fp16"],
@@ -47,10 +56,14 @@ flags.DEFINE_integer("steps_per_call", 0, "As cyclegan.train's (>1: the multi-st
                      "as cyclegan.train picks it here). Where the loop runs, each timed call runs "
                      "this many steps (0: 20) and the step time is the call's share.")
 flags.DEFINE_string("dataset", "synthetic", "For --what input: any --dataset of cyclegan.train.")
+flags.DEFINE_integer("images", 16, "For --what folder: JPEGs in the folder (more than "
+                     "FOLDER_WARMUP).")
 FLAGS = flags.FLAGS
 
 
 BREAKDOWN = {}  # where a train run's first step goes, before the first call's own time
+FOLDER_BATCH_SIZE = 4  # cyclegan.translate's --batch_size default
+FOLDER_WARMUP = 4  # images left out of a folder's steady time (first calls, the first batch)
 
 
 def _timed(fn, steps, first_fn=None):
@@ -116,6 +129,38 @@ def bench_translate(config):
   return _timed(lambda: forward(images).numpy(), FLAGS.steps)
 
 
+class _Completions:
+  """A progress bar's update(), recording when each image is done."""
+
+  def __init__(self):
+    self.times = []
+
+  def update(self, n=1):
+    self.times += [time.perf_counter()] * n
+
+
+def bench_folder(config):
+  """(seconds to the first image done, from loading the export; each image's share of the
+  time after the first FOLDER_WARMUP, whose mean is the steady time per image)."""
+  with tempfile.TemporaryDirectory() as tmp:
+    model = os.path.join(tmp, "model")
+    export.save(models.resnet_generator(config.ngf, config.n_blocks), model)
+    inputs = os.path.join(tmp, "in")
+    os.makedirs(inputs)
+    for i, image in enumerate(synthetic.warm_scenes(FLAGS.images, config.crop_size, seed=0)):
+      Image.fromarray(image).save(os.path.join(inputs, f"{i:03d}.jpg"), quality=95)
+    jobs, _ = translate.plan(inputs, os.path.join(tmp, "out"), "auto", False)
+    done = _Completions()
+    start = time.perf_counter()
+    translator = translate.TiledModel(translate.resolve_model(model), config.precision, None,
+                                      tiling.HALO, 0)
+    failures = translate.translate_all(jobs, translator, FOLDER_BATCH_SIZE, done)
+    if failures or len(done.times) != FLAGS.images:
+      raise RuntimeError(f"the folder run failed: {failures}")
+  times = done.times[FOLDER_WARMUP - 1:]
+  return done.times[0] - start, [b - a for a, b in zip(times, times[1:])]
+
+
 def bench_input(config):
   domains = input_pipeline.load_domains(config)
   iterator = iter(input_pipeline.train_dataset(config, domains))
@@ -132,20 +177,25 @@ def main(argv):
   if FLAGS.what == "train":
     runtime.configure_threads()  # as cyclegan.train sets them
   config = runtime.resolve(_config())
-  if FLAGS.what != "translate":
+  if FLAGS.what not in ("translate", "folder"):
     runtime.configure_process(config)
   elif config.graph_optimizer != "auto":  # cyclegan.translate runs TensorFlow's defaults.
     tf.config.optimizer.set_experimental_options(
         {"disable_meta_optimizer": runtime.graph_optimizer_off(config)})
-  bench = {"train": bench_train, "translate": bench_translate, "input": bench_input}[FLAGS.what]
+  if FLAGS.what == "folder" and FLAGS.images <= FOLDER_WARMUP:
+    raise app.UsageError(f"--images must be more than {FOLDER_WARMUP}")
+  bench = {"train": bench_train, "translate": bench_translate, "input": bench_input,
+           "folder": bench_folder}[FLAGS.what]
   first, times = bench(config)
-  median = statistics.median(times)
+  # A folder's images finish a batch at a time: its steady time is the mean, (t_N - t_4)/(N - 4).
+  median = (statistics.mean if FLAGS.what == "folder" else statistics.median)(times)
+  batch_size = FOLDER_BATCH_SIZE if FLAGS.what == "folder" else FLAGS.batch_size
   print(json.dumps({
-      "what": FLAGS.what, "size": FLAGS.size, "batch_size": FLAGS.batch_size,
+      "what": FLAGS.what, "size": FLAGS.size, "batch_size": batch_size,
       "precision": config.precision, "requested_precision": FLAGS.precision,
       "graph_optimizer": FLAGS.graph_optimizer, "ndf": FLAGS.ndf, "strategy": FLAGS.strategy, "jit_compile": FLAGS.jit_compile,
       "ngf": FLAGS.ngf, "n_blocks": FLAGS.n_blocks, "device": "gpu" if tf.config.list_physical_devices("GPU") else "cpu",
-      "median_s": round(median, 4), "images_per_s": round(FLAGS.batch_size / median, 3),
+      "median_s": round(median, 4), "images_per_s": round((1 if FLAGS.what == "folder" else batch_size) / median, 3),
       "min_s": round(min(times), 4), "max_s": round(max(times), 4), "steps": len(times),
       "first_step_s": round(BREAKDOWN.get("trace_s", 0) + first, 2),  # as cyclegan.train logs it
       **{k: round(v, 2) for k, v in BREAKDOWN.items()},

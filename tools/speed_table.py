@@ -2,6 +2,7 @@
 
   python tools/speed_table.py                      # train 128 and 256, translate 512
   python tools/speed_table.py --sizes 128 --steps 3
+  python tools/speed_table.py --sizes              # translate 512 and its folder row only
   python tools/speed_table.py --rounds 3           # each cell the median of 3 rounds
   python tools/speed_table.py --fp32               # as on a CPU without bf16
 
@@ -13,6 +14,12 @@ Each measurement runs in its own process (tools/benchmark.py for ours with the d
 PyTorch's variants: NCHW and channels_last in fp32, and with bf16 autocast where the CPU has
 AVX512_BF16/AMX or the GPU bf16; its best is the fastest of them. Name the CPU (or GPU) beside
 any number you report.
+
+The "translate folder" row is what a user gets: `cyclegan.translate` on a folder of JPEGs
+(decode, the export's any-size uint8 signature, encode, writes), steady seconds per image
+(tools/benchmark.py --what folder). PyTorch has no such command: its cells repeat its bare
+generator calls from the translate row, so the last column compares our whole folder path
+with PyTorch's fastest bare call.
 """
 
 import argparse
@@ -24,6 +31,7 @@ import subprocess
 import sys
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
+FOLDER_WARMUP = 4  # as tools/benchmark.py's: images left out of the steady time
 sys.path.insert(0, os.path.join(TOOLS, ".."))
 
 from cyclegan import runtime  # noqa: E402
@@ -55,6 +63,12 @@ def _median_over_rounds(results):
   return combined
 
 
+def _label(what, size):
+  if what == "folder":
+    return f"translate folder {size} px (ours: JPEGs in and out; PyTorch: its bare call)"
+  return f"{what} {size} px"
+
+
 def _cpu_name():
   try:
     with open("/proc/cpuinfo") as f:
@@ -73,10 +87,13 @@ def _gpu_name():
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256],
-                      help="Square training image sides.")
+  parser.add_argument("--sizes", type=int, nargs="*", default=[128, 256],
+                      help="Square training image sides (none: no training rows).")
   parser.add_argument("--translate_size", type=int, default=512,
-                      help="Image side for the translation (generator forward) row; 0: skip.")
+                      help="Image side for the translation rows (generator forward, and the "
+                           "folder of JPEGs); 0: skip both.")
+  parser.add_argument("--folder_images", type=int, default=16,
+                      help="JPEGs in the folder row's folder; 0: skip that row.")
   parser.add_argument("--steps", type=int, default=5, help="Timed steps after the first.")
   parser.add_argument("--rounds", type=int, default=1,
                       help="Rounds of every measurement, ours and PyTorch's interleaved; each "
@@ -96,19 +113,28 @@ def main():
                  ("pytorch bf16 channels_last", device + ["--bf16", "--channels_last"])]
   rows = [("train", size) for size in args.sizes]
   rows += [("translate", args.translate_size)] if args.translate_size else []
+  rows += [("folder", args.translate_size)] if args.translate_size and args.folder_images else []
   cpu = _cpu_name() + (" (AVX512_BF16/AMX)" if runtime.cpu_has_bf16() else " (no bf16)")
   if gpu:
     cpu = f"{gpu} (host: {cpu})"
   table = []
   names = [name for name, _ in variants]
+  bare = {}  # PyTorch's translate runs, which the folder row compares with
   for what, size in rows:
     common = ["--what", what, "--size", str(size), "--steps", str(args.steps)]
     runs = {name: [] for name in ["ours", *names]}
     for round_index in range(args.rounds):
-      runs["ours"].append(_measure("benchmark.py", common + ours_precision))
-      for name, extra in variants:
-        runs[name].append(_measure("torch_reference.py", common + extra))
-      for name, results in runs.items():
+      if what == "folder":
+        runs["ours"].append(_measure("benchmark.py", [
+            "--what", "folder", "--size", str(size), "--images", str(args.folder_images),
+            *ours_precision]))
+        for name in names:
+          runs[name].append(bare[name][round_index])
+      else:
+        runs["ours"].append(_measure("benchmark.py", common + ours_precision))
+        for name, extra in variants:
+          runs[name].append(_measure("torch_reference.py", common + extra))
+      for name, results in runs.items() if what != "folder" else [("ours", runs["ours"])]:
         print(json.dumps({"cpu": cpu, "variant": name, "round": round_index, **results[-1]}),
               flush=True)
     ours = _median_over_rounds(runs["ours"])
@@ -117,6 +143,8 @@ def main():
     by_round = [min(runs[name][i]["median_s"] for name in names) / runs["ours"][i]["median_s"]
                 for i in range(args.rounds)]
     table.append((what, size, ours, theirs, best, by_round))
+    if what == "translate":
+      bare = runs
 
   rounds = f", median over {args.rounds} rounds" if args.rounds > 1 else ""
   print(f"\n{cpu}, batch 1, median of {args.steps} steps after the first{rounds} (seconds)\n")
@@ -126,14 +154,19 @@ def main():
     cells = [f"{ours['median_s']:.3f} ({ours['precision']})"]
     cells += [f"{theirs[name]['median_s']:.3f}" for name in names]
     speedup = theirs[best]["median_s"] / ours["median_s"]
-    print(f"| {what} {size} px | " + " | ".join(cells) + f" | {speedup:.2f}x ({best}) |")
+    print(f"| {_label(what, size)} | " + " | ".join(cells) + f" | {speedup:.2f}x ({best}) |")
   for label, key in (("first step", "first_step_s"),
                      ("first step over a steady step", "first_step_over_steady_s"),
                      ("peak RSS (GB)", "peak_rss_gb")) + (
                          (("peak GPU memory (GB)", "peak_gpu_gb"),) if gpu else ()):
     for what, size, ours, theirs, *_ in table:
-      cells = [f"{ours[key]}"] + [f"{theirs[name][key]}" for name in names]
+      cells = [f"{ours[key]}"] + [  # PyTorch's folder cells are its bare calls': not repeated.
+          "—" if what == "folder" else f"{theirs[name][key]}" for name in names]
       print(f"| {label}, {what} {size} px | " + " | ".join(cells) + " | |")
+  if any(what == "folder" for what, *_ in table):
+    print(f"\nThe folder row: cyclegan.translate's defaults on {args.folder_images} JPEGs, "
+          f"steady seconds per image (images {FOLDER_WARMUP + 1}-{args.folder_images}), first "
+          "step from loading the export; PyTorch's cells are its bare generator calls above.")
   if args.rounds > 1:  # The machine drifts: a median can hide a round below the target.
     print("\nOurs vs PyTorch's fastest variant in the same round: " + "; ".join(
         f"{what} {size} px " + ", ".join(f"{r:.2f}x" for r in by_round)

@@ -298,7 +298,7 @@ def make_app(server):
       Exception: _internal_error})
 
 
-def load_runners(model_dir, models, max_batch):
+def load_runners(model_dir, models, max_batch, cpu_kernels="auto"):
   """{name: ModelRunner} for each direction under model_dir and each NAME=PATH."""
   paths = {}
   if model_dir:
@@ -316,7 +316,8 @@ def load_runners(model_dir, models, max_batch):
   if not paths:
     raise ValueError("nothing to serve: pass --model_dir saved_models/<name> or --model NAME=PATH")
   # ModelRunner resolves each path before loading: a bad one is a clear FileNotFoundError.
-  return {name: runner_lib.ModelRunner(name, path, max_batch) for name, path in paths.items()}
+  return {name: runner_lib.ModelRunner(name, path, max_batch, cpu_kernels)
+          for name, path in paths.items()}
 
 
 def listen(host, port):

@@ -47,13 +47,17 @@ def _op_error_message(message):
 
 
 class ModelRunner:
-  """One model version: signatures, metadata, and batched calls off the event loop."""
+  """One model version: signatures, metadata, and batched calls off the event loop.
 
-  def __init__(self, name, path, max_batch=8):
+  cpu_kernels: the graphs the signatures run (export.signatures); metadata is the export's.
+  """
+
+  def __init__(self, name, path, max_batch=8, cpu_kernels="auto"):
     self.name = name
     self.path, self.version = export.resolve_version(path)
     self.max_batch = max_batch
     self.model = tf.saved_model.load(self.path)
+    self._functions = export.signatures(self.model, cpu_kernels)
     self.signatures = {}
     for key, fn in self.model.signatures.items():
       self.signatures[key] = Signature(key, dict(fn.structured_input_signature[1]),
@@ -66,7 +70,7 @@ class ModelRunner:
 
   def call(self, signature, inputs):
     """Runs one signature synchronously; {name: np.ndarray} -> {name: np.ndarray}."""
-    fn = self.model.signatures[signature]
+    fn = self._functions[signature]
     try:
       outputs = fn(**{k: tf.constant(v) for k, v in inputs.items()})
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:

@@ -1,0 +1,95 @@
+"""Keeps a command's stderr to its own lines: TensorFlow's INFO chatter only when asked for.
+
+Asked for means `--verbosity`/`-v` of 1 or more, or TF_CPP_MIN_LOG_LEVEL=0 in the environment.
+Warnings and errors (ours and TensorFlow's Python ones) always show; TensorFlow's C++ warnings
+are hidden with its INFO (TF_CPP_MIN_LOG_LEVEL=2), as they speak of its internals (rendezvous,
+graph passes), not of anything a person running a command can act on. Only a process started as
+`python -m cyclegan.<command>` is changed: a library user's notebook keeps TensorFlow's defaults.
+"""
+
+import contextlib
+import importlib.util
+import logging
+import os
+import re
+import sys
+import tempfile
+
+# Printed while `import tensorflow` runs, before TF's C++ logging reads TF_CPP_MIN_LOG_LEVEL.
+_IMPORT_NOTICES = re.compile(rb"absl::InitializeLog\(\)|\] oneDNN custom operations are on")
+
+
+def is_command(orig_argv=None):
+  """Whether this process is `python ... -m cyclegan.<command>`."""
+  argv = sys.orig_argv if orig_argv is None else orig_argv
+  return any(a == "-m" and b.startswith("cyclegan.") for a, b in zip(argv, argv[1:]))
+
+
+def _verbosity(argv):
+  """The value of the last --verbosity/-v in argv (absl's flag), 0 if absent or not a number."""
+  value = "0"
+  for i, arg in enumerate(argv):
+    name, eq, rest = arg.partition("=")
+    if name in ("--verbosity", "-v"):
+      value = rest if eq else (argv[i + 1] if i + 1 < len(argv) else "0")
+  try:
+    return int(value)
+  except ValueError:
+    return 0
+
+
+def tf_logs_wanted(verbosity):
+  """Whether the person asked for TensorFlow's own INFO lines, by flag or by TF's env var."""
+  return verbosity >= 1 or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
+
+
+@contextlib.contextmanager
+def _import_notices_dropped():
+  """Drops the import-time notices from fd 2 (C++ writes there); every other line is kept."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      kept = b"".join(line for line in captured if not _IMPORT_NOTICES.search(line))
+      if kept:
+        os.write(2, kept)
+
+
+def before_tensorflow():
+  """For a command, hides TF's C++ INFO/WARNING: it must run before TensorFlow is imported."""
+  if not is_command() or tf_logs_wanted(_verbosity(sys.argv[1:])):
+    return
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if importlib.util.find_spec("tensorflow") is not None:
+    with _import_notices_dropped():
+      import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+
+
+class _NotTensorFlowInfo(logging.Filter):
+  """TF also logs its INFO through absl's logger, the one our own progress lines use."""
+
+  def __init__(self):
+    super().__init__()
+    specs = [importlib.util.find_spec(name) for name in ("tensorflow", "keras")]
+    self._dirs = tuple(os.path.join(d, "") for s in specs if s and s.submodule_search_locations
+                       for d in s.submodule_search_locations)
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or not record.pathname.startswith(self._dirs)
+
+
+def hide_tf_info(verbosity):
+  """After flags are parsed: TF's Python INFO lines go, unless `verbosity` or the env asks."""
+  if tf_logs_wanted(verbosity):
+    return
+  logging.getLogger("tensorflow").setLevel(logging.WARNING)
+  absl_logger = logging.getLogger("absl")
+  if not any(isinstance(f, _NotTensorFlowInfo) for f in absl_logger.filters):
+    absl_logger.addFilter(_NotTensorFlowInfo())

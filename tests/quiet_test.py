@@ -1,0 +1,69 @@
+"""A command's stderr is its own lines; TensorFlow's INFO chatter comes back only when asked."""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+from conftest import REPO
+
+from cyclegan import quiet
+
+TINY = ["--ngf", "4", "--ndf", "4", "--n_blocks", "1", "--n_layers_d", "2", "--crop_size", "32",
+        "--load_size", "36", "--synthetic_size", "36", "--synthetic_train", "8",
+        "--synthetic_test", "4", "--epochs", "1", "--epochs_decay", "0"]
+TF_CHATTER = re.compile(r"^I\d{4}|^W\d{4} .*\.cc:|oneDNN custom operations|signature_serialization"
+                        r"|Sharding callback|Assets written|Writing fingerprint|absl::InitializeLog",
+                        re.MULTILINE)
+_ABSL_LINE = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ ([^:\]]+):\d+\]")
+_OURS = {p.name for p in (pathlib.Path(REPO) / "cyclegan").rglob("*.py")}
+
+
+def _not_ours(line):
+  log_line = _ABSL_LINE.match(line)
+  return log_line.group(1) not in _OURS if log_line else bool(TF_CHATTER.search(line))
+
+
+def tf_chatter(stderr):
+  """The lines of stderr that are not ours: TensorFlow's, or any log line from outside cyclegan/."""
+  return [line for line in stderr.splitlines() if _not_ours(line)]
+
+
+def run_as_user(*args, **env):
+  """Runs `python -m cyclegan.<args>` with the environment a user has (no TF_CPP_MIN_LOG_LEVEL)."""
+  clean = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  done = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env={**clean, **env},
+                        capture_output=True, text=True, timeout=1800)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done.stderr
+
+
+def test_train_and_export_print_only_their_lines_unless_asked(tmp_path):
+  w, e = str(tmp_path / "w"), str(tmp_path / "e")
+  stderr = run_as_user("cyclegan.train", *TINY, "--workdir", w, "--export_dir", e)
+  assert not tf_chatter(stderr), "\n".join(tf_chatter(stderr))
+  assert re.search(r"step 8/8 .*img/s \| ETA", stderr) and "exported" in stderr, stderr
+  # The same export, asking for TF's logs each way: its chatter is back (so the check can fail).
+  loud = run_as_user("cyclegan.export", "--workdir", w, "--export_dir", str(tmp_path / "e2"),
+                     "--verbosity", "1")
+  assert "oneDNN custom operations" in loud and "signature_serialization" in loud, loud[-3000:]
+  assert tf_chatter(loud)
+  assert "exported" in loud
+  loud = run_as_user("cyclegan.export", "--workdir", w, "--export_dir", str(tmp_path / "e3"),
+                     TF_CPP_MIN_LOG_LEVEL="0")
+  assert "absl::InitializeLog" in loud and "Writing fingerprint" in loud, loud[-3000:]
+
+
+def test_only_a_cyclegan_command_is_quietened():
+  assert quiet.is_command(["python", "-m", "cyclegan.train", "--epochs", "1"])
+  assert quiet.is_command(["/usr/bin/python3", "-X", "dev", "-m", "cyclegan.serve"])
+  assert not quiet.is_command(["python", "-m", "pytest", "tests/quiet_test.py"])
+  assert not quiet.is_command(["python", "notebook.py", "-m", "other.cyclegan"])
+
+
+def test_verbosity_is_read_as_absl_reads_it():
+  assert quiet._verbosity(["-m", "cyclegan.train"]) == 0  # pylint: disable=protected-access
+  for argv, level in ((["--verbosity", "1"], 1), (["--verbosity=2"], 2), (["-v", "1"], 1),
+                      (["-v=0"], 0), (["-v", "-1"], -1), (["--verbosity", "debug"], 0)):
+    assert quiet._verbosity(["-m", "cyclegan.train", *argv]) == level, argv  # pylint: disable=protected-access
