@@ -219,7 +219,7 @@ def usage(paths):
 
 
 # Least PSNR (dB) against the SavedModel on the check image before the command warns: fp32 files
-# agree to rounding (measured >= 79 dB), fp16 >= 57 dB, int8 30-50 dB (README).
+# agree to rounding (measured >= 79 dB), fp16 >= 57 dB, int8 30-50 dB (docs/performance.md).
 EXPECTED_PSNR = {"tflite": 45, "tflite_fp16": 40, "tflite_int8": 30, "onnx": 45}
 
 

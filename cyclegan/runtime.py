@@ -49,14 +49,14 @@ def is_chief(strategy):
 
 # Generator work per replica step, ngf^2 * crop^2 * batch. Below it, per-op overhead dominates a
 # CPU step: bf16's casts cost more than its faster convolutions save. Above it, bf16 is 1.3-1.8x
-# faster. Measured on a 2-core AVX512_BF16 EPYC with tools/benchmark.py --what train (README,
-# "Speed").
+# faster. Measured on a 2-core AVX512_BF16 EPYC with tools/benchmark.py --what train
+# (docs/performance.md).
 CPU_BIG_MODEL_WORK = 2**24
 
 # Generator work per replica step up to which a GPU with TF32 (compute capability 8.0+) trains
 # faster in fp32 (its convolutions then run as TF32 on the tensor cores): such a step is bound
 # by per-op overhead, not arithmetic, and bf16's casts add ops. One H100, the full model at
-# 256 px, batch 1 (work 2^28): fp32 0.075 s vs bf16 0.088-0.090 s per step (README, "Speed").
+# 256 px, batch 1 (work 2^28): fp32 0.075 s vs bf16 0.088-0.090 s per step (docs/performance.md).
 # Above it bf16 stays the pick: not measured in fp32.
 GPU_FP32_WORK = 2**28
 

@@ -101,7 +101,7 @@ def test_every_format_matches_the_savedmodel_in_its_runtime(tiny_export):
 
 def test_full_size_generator(full_size_export):
   """ngf 64, 9 blocks at its random init, the worst case for int8 (measured 28.6-31.2 dB, mean
-  30.0; after 300 training steps 38.5-40.1 dB, README). fp32 files: measured max 1."""
+  30.0; after 300 training steps 38.5-40.1 dB, docs/performance.md). fp32 files: measured max 1."""
   base = os.path.dirname(full_size_export)
   done = export_command("--model", full_size_export, "--formats", "tflite,tflite_int8,onnx")
   assert done.returncode == 0, done.stderr[-3000:]

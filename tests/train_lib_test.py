@@ -27,7 +27,7 @@ def _weights(workdir):
 
 def test_linear_decay_follows_the_reference_scheduler():
   """Against PyTorch's LambdaLR with the reference's rule, stepped at the end of every epoch
-  as the reference's training loop did until 2020 (README, "Train")."""
+  as the reference's training loop did until 2020 (README, "The recipe")."""
   torch = pytest.importorskip("torch", reason="PyTorch is the optional [torch] extra")
   torch_reference = load_tool("torch_reference")
   steps_per_epoch, epochs, epochs_decay = 3, 4, 5

@@ -1,4 +1,4 @@
-"""The README's table of portable exports: size, difference from the SavedModel, and speed.
+"""The table of portable exports (docs/performance.md): size, difference from the SavedModel, and speed.
 
   python tools/portable_table.py                       # full-size generator at reference init
   python tools/portable_table.py --model saved_models/horse2zebra/a2b
