@@ -89,3 +89,12 @@ def oriented_jpeg(path, orientation):
   Image.fromarray(photo(180, 256)).transpose(turn).save(path, "JPEG", quality=95, exif=exif)
   with Image.open(path) as image:
     return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+@pytest.fixture(autouse=True)
+def cpu_kernels_auto():
+  """Each test starts with the routes on: commands run in-process set the process-wide switch."""
+  from cyclegan import kernels  # noqa: PLC0415
+  kernels.configure("auto")
+  yield
+  kernels.configure("auto")
