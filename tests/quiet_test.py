@@ -6,13 +6,10 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, tiny_flags
 
 from cyclegan import quiet
 
-TINY = ["--ngf", "4", "--ndf", "4", "--n_blocks", "1", "--n_layers_d", "2", "--crop_size", "32",
-        "--load_size", "36", "--synthetic_size", "36", "--synthetic_train", "8",
-        "--synthetic_test", "4", "--epochs", "1", "--epochs_decay", "0"]
 TF_CHATTER = re.compile(r"^I\d{4}|^W\d{4} .*\.cc:|oneDNN custom operations|signature_serialization"
                         r"|Sharding callback|Assets written|Writing fingerprint|absl::InitializeLog",
                         re.MULTILINE)
@@ -41,7 +38,8 @@ def run_as_user(*args, **env):
 
 def test_train_and_export_print_only_their_lines_unless_asked(tmp_path):
   w, e = str(tmp_path / "w"), str(tmp_path / "e")
-  stderr = run_as_user("cyclegan.train", *TINY, "--workdir", w, "--export_dir", e)
+  stderr = run_as_user("cyclegan.train", *tiny_flags(epochs=1, epochs_decay=0), "--workdir", w,
+                       "--export_dir", e)
   assert not tf_chatter(stderr), "\n".join(tf_chatter(stderr))
   assert re.search(r"step 8/8 .*img/s \| ETA", stderr) and "exported" in stderr, stderr
   # The same export, asking for TF's logs each way: its chatter is back (so the check can fail).
