@@ -141,7 +141,7 @@ def conv(filters, kernel_size, strides=1, name=None, dtype="float32", instance_n
       bias_initializer="zeros", name=name, dtype=dtype, instance_normalized=instance_normalized)
 
 
-def _residual_block(x, filters, name, dtype):
+def residual_block(x, filters, name, dtype):
   y = ReflectionPad2D(1, name=f"{name}_pad1", dtype=dtype)(x)
   y = conv(filters, 3, name=f"{name}_conv1", dtype=dtype, instance_normalized=True)(y)
   y = InstanceNormalization(name=f"{name}_norm1", dtype=dtype)(y)
@@ -177,7 +177,7 @@ def resnet_generator(ngf=64, n_blocks=9, name="generator", dtype="float32"):
     x = InstanceNormalization(name=f"down{i}_norm", dtype=dtype)(x)
     x = keras.layers.ReLU(name=f"down{i}_relu", dtype=dtype)(x)
   for i in range(n_blocks):
-    x = _residual_block(x, ngf * 4, f"block{i}", dtype)
+    x = residual_block(x, ngf * 4, f"block{i}", dtype)
   x = _upsample(x, ngf * 2, "up0", dtype)
   x = _upsample(x, ngf, "up1", dtype)
   x = ReflectionPad2D(3, name="head_pad", dtype=dtype)(x)

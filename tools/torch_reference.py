@@ -5,23 +5,64 @@
 
 Written from the reference's published architecture and recipe (ResNet-9, 70x70 PatchGAN, LSGAN
 or BCE, cycle + identity, image pool, two Adams, linear lr decay), in the reference's order of
-operations and with its names. The tests import it to check our iteration against it. Prints
-one JSON line like tools/benchmark.py; `--what translate` times one generator forward instead.
+operations and with its names; CUT's networks and PatchNCE loss likewise from its authors'
+published method (anti-aliased sampling, MLP heads on encoder layers, InfoNCE over patches).
+The tests import it to check ours against it. Prints one JSON line like tools/benchmark.py;
+`--what translate` times one generator forward instead.
 """
 
 import argparse
 import json
+import math
 import random
 import resource
 import statistics
 import time
 
+import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
-def resnet_generator(ngf=64, n_blocks=9, use_dropout=False):
-  """nn.Sequential; wrapped as `model` its state-dict keys are the reference's (model.1, ...)."""
+def binomial_filter(taps):
+  """The taps x taps binomial blur (outer product of Pascal's row), summing to 1."""
+  row = torch.tensor([math.comb(taps - 1, i) for i in range(taps)], dtype=torch.float32)
+  square = row[:, None] * row[None, :]
+  return square / square.sum()
+
+
+class Downsample(nn.Module):
+  """CUT's anti-aliased stride 2: reflect-pad 1, a 3x3 binomial blur per channel, every second
+  pixel. The filter is a buffer, `filt`, as in the authors' state dicts."""
+
+  def __init__(self, channels):
+    super().__init__()
+    self.register_buffer("filt", binomial_filter(3)[None, None].repeat(channels, 1, 1, 1))
+
+  def forward(self, x):
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.filt, stride=2,
+                    groups=x.shape[1])
+
+
+class Upsample(nn.Module):
+  """CUT's anti-aliased x2 upsampling: replicate-pad 1, a transposed 4x4 binomial blur (x4, so
+  that each output phase sums to 1) per channel at stride 2, cropped to twice the input."""
+
+  def __init__(self, channels):
+    super().__init__()
+    self.register_buffer("filt", (binomial_filter(4) * 4)[None, None].repeat(channels, 1, 1, 1))
+
+  def forward(self, x):
+    y = F.conv_transpose2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.filt, stride=2,
+                           padding=2, groups=x.shape[1])
+    return y[:, :, 1:-1, 1:-1]
+
+
+def resnet_generator(ngf=64, n_blocks=9, use_dropout=False, antialias=False):
+  """nn.Sequential; wrapped as `model` its state-dict keys are the reference's (model.1, ...).
+  antialias: CUT's generator, whose down and up layers are stride-1 convolutions beside
+  Downsample and Upsample (filt buffers at model.7, 11, 21 and 25 at two down layers)."""
   def norm(c):
     return nn.InstanceNorm2d(c)
 
@@ -38,21 +79,39 @@ def resnet_generator(ngf=64, n_blocks=9, use_dropout=False):
 
   layers = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), norm(ngf), nn.ReLU(True)]
   for mult in (1, 2):
-    layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, 2, 1), norm(ngf * mult * 2), nn.ReLU(True)]
+    c_in, c_out = ngf * mult, ngf * mult * 2
+    if antialias:
+      layers += [nn.Conv2d(c_in, c_out, 3, 1, 1), norm(c_out), nn.ReLU(True), Downsample(c_out)]
+    else:
+      layers += [nn.Conv2d(c_in, c_out, 3, 2, 1), norm(c_out), nn.ReLU(True)]
   layers += [Block(ngf * 4) for _ in range(n_blocks)]
   for mult in (4, 2):
-    layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, 2, 1, output_padding=1),
-               norm(ngf * mult // 2), nn.ReLU(True)]
+    c_in, c_out = ngf * mult, ngf * mult // 2
+    if antialias:
+      layers += [Upsample(c_in), nn.Conv2d(c_in, c_out, 3, 1, 1), norm(c_out), nn.ReLU(True)]
+    else:
+      layers += [nn.ConvTranspose2d(c_in, c_out, 3, 2, 1, output_padding=1), norm(c_out),
+                 nn.ReLU(True)]
   layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]
   return nn.Sequential(*layers)
 
 
-def patch_discriminator(ndf=64, n_layers=3):
-  layers = [nn.Conv2d(3, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+def patch_discriminator(ndf=64, n_layers=3, antialias=False):
+  """antialias: CUT's, each stride-2 convolution at stride 1 followed by Downsample."""
+  def down(conv_in, conv_out, *between):
+    if antialias:
+      return [nn.Conv2d(conv_in, conv_out, 4, 1, 1), *between, nn.LeakyReLU(0.2, True),
+              Downsample(conv_out)]
+    return [nn.Conv2d(conv_in, conv_out, 4, 2, 1), *between, nn.LeakyReLU(0.2, True)]
+
+  layers = down(3, ndf)
   for i in range(1, n_layers + 1):
     prev, mult = min(2 ** (i - 1), 8), min(2**i, 8)
-    layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, 2 if i < n_layers else 1, 1),
-               nn.InstanceNorm2d(ndf * mult), nn.LeakyReLU(0.2, True)]
+    if i < n_layers:
+      layers += down(ndf * prev, ndf * mult, nn.InstanceNorm2d(ndf * mult))
+    else:
+      layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, 1, 1), nn.InstanceNorm2d(ndf * mult),
+                 nn.LeakyReLU(0.2, True)]
   layers += [nn.Conv2d(ndf * mult, 1, 4, 1, 1)]
   return nn.Sequential(*layers)
 
@@ -144,6 +203,164 @@ class CycleGAN:
     losses["D_B"] = self.backward_d(self.D_B, real_A, self.fake_A_pool.query(fake_A))
     self.optimizer_D.step()
     losses["G"] = loss_G
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def encode(generator, x, layers):
+  """The outputs of the generator's modules at indices `layers` (0: the padded input), as
+  CUT's encoder gives them to PatchNCE; stops after the last."""
+  feats = []
+  for index, module in enumerate(generator):
+    x = module(x)
+    if index in layers:
+      feats.append(x)
+      if index == layers[-1]:
+        break
+  return feats
+
+
+def xavier_init(net, gain=0.02):
+  """CUT's init: Xavier normal weights (gain 0.02) for every convolution and linear layer,
+  zero biases."""
+  for module in net.modules():
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+      nn.init.xavier_normal_(module.weight, gain)
+      nn.init.zeros_(module.bias)
+
+
+class PatchSampler(nn.Module):
+  """CUT's netF (mlp_sample): per encoder layer, the features at sampled positions (the same
+  positions for every image in the batch), through Linear-ReLU-Linear, L2-normalised. The
+  heads are made at the first call, when the layers' widths are known."""
+
+  def __init__(self, units=256):
+    super().__init__()
+    self.units, self.heads = units, None
+
+  def forward(self, feats, num_patches, patch_ids=None):
+    if self.heads is None:
+      self.heads = nn.ModuleList(
+          nn.Sequential(nn.Linear(f.shape[1], self.units), nn.ReLU(),
+                        nn.Linear(self.units, self.units))
+          for f in feats).to(feats[0].dtype)
+      xavier_init(self.heads)
+    samples, ids = [], []
+    for i, feat in enumerate(feats):
+      # The authors take positions from feat.permute(0, 2, 3, 1).flatten(1, 2): the same
+      # values, but its gradient reaches the encoder in channels-last strides, for which
+      # PyTorch 2.13's CPU instance_norm backward returns wrong input gradients (140% off
+      # on a [1, 32, 16, 16] map). Indexing the NCHW map gives the same samples, contiguous.
+      flat = feat.flatten(2)
+      patch_id = (torch.as_tensor(np.random.permutation(flat.shape[2])[:num_patches])
+                  if patch_ids is None else torch.as_tensor(patch_ids[i]))
+      x = self.heads[i](flat[:, :, patch_id].transpose(1, 2).flatten(0, 1))
+      samples.append(x / (x.pow(2).sum(1, keepdim=True).pow(0.5) + 1e-7))
+      ids.append(patch_id)
+    return samples, ids
+
+
+def patch_nce_loss(query, key, batch_size, temperature=0.07):
+  """Per patch: cross entropy of picking the key at the query's own position among the keys
+  of all positions of the same image (the key is detached)."""
+  key = key.detach()
+  n, dim = query.shape
+  positive = (query * key).sum(1, keepdim=True)
+  query, key = query.view(batch_size, -1, dim), key.view(batch_size, -1, dim)
+  negative = torch.bmm(query, key.transpose(2, 1))
+  negative = negative.masked_fill(torch.eye(query.shape[1], dtype=torch.bool)[None], -10.0)
+  logits = torch.cat([positive, negative.flatten(0, 1)], 1) / temperature
+  return F.cross_entropy(logits, torch.zeros(n, dtype=torch.long), reduction="none")
+
+
+class CUT:
+  """CUT's (and FastCUT's) model as one training iteration uses it: the discriminator
+  updates first, then the generator and the patch heads with the updated discriminator."""
+
+  def __init__(self, ngf=64, n_blocks=9, ndf=64, n_layers_d=3, lambda_gan=1.0, lambda_nce=1.0,
+               nce_idt=True, nce_layers=(0, 4, 8, 12, 16), num_patches=256,
+               flip_equivariance=False, temperature=0.07, antialias=True, optimizer=adam):
+    self.G = resnet_generator(ngf, n_blocks, antialias=antialias)
+    self.D = patch_discriminator(ndf, n_layers_d, antialias=antialias)
+    self.F = PatchSampler()
+    xavier_init(self.G)
+    xavier_init(self.D)
+    self.optimizer, self.optimizer_F = optimizer, None
+    self.optimizer_G = optimizer(self.G.parameters())
+    self.optimizer_D = optimizer(self.D.parameters())
+    self.criterion_gan = nn.MSELoss()
+    self.lambda_gan, self.lambda_nce, self.nce_idt = lambda_gan, lambda_nce, nce_idt
+    self.nce_layers, self.num_patches, self.temperature = list(nce_layers), num_patches, temperature
+    self.flip_equivariance = flip_equivariance
+
+  @classmethod
+  def fastcut(cls, **kwargs):
+    return cls(**{**dict(lambda_nce=10.0, nce_idt=False, flip_equivariance=True), **kwargs})
+
+  def gan(self, prediction, target_is_real):
+    target = torch.ones_like(prediction) if target_is_real else torch.zeros_like(prediction)
+    return self.criterion_gan(prediction, target)
+
+  def forward(self, real_A, real_B, flipped):
+    real = torch.cat([real_A, real_B]) if self.nce_idt else real_A
+    if flipped:
+      real = torch.flip(real, [3])
+    fake = self.G(real)
+    return fake[:len(real_A)], fake[len(real_A):] if self.nce_idt else None
+
+  def nce(self, src, tgt, flipped, patch_ids=None):
+    """Mean over layers of lambda_nce x the mean per-patch loss; the query from `tgt`
+    (translated), the keys from `src` (its input)."""
+    feat_q = encode(self.G, tgt, self.nce_layers)
+    if flipped:
+      feat_q = [torch.flip(f, [3]) for f in feat_q]
+    feat_k = encode(self.G, src, self.nce_layers)
+    keys, ids = self.F(feat_k, self.num_patches, patch_ids)
+    queries, _ = self.F(feat_q, self.num_patches, ids)
+    total = sum((patch_nce_loss(q, k, len(src), self.temperature) * self.lambda_nce).mean()
+                for q, k in zip(queries, keys))
+    return total / len(self.nce_layers)
+
+  def losses_g(self, real_A, real_B, fake_B, idt_B, flipped, patch_ids):
+    losses = {"G_GAN": self.gan(self.D(fake_B), True) * self.lambda_gan,
+              "NCE": self.nce(real_A, fake_B, flipped, patch_ids and patch_ids[0])}
+    if self.nce_idt:
+      losses["NCE_Y"] = self.nce(real_B, idt_B, flipped, patch_ids and patch_ids[1])
+    nce_both = (losses["NCE"] + losses["NCE_Y"]) * 0.5 if self.nce_idt else losses["NCE"]
+    losses["G"] = losses["G_GAN"] + nce_both
+    return losses
+
+  def loss_d(self, real_B, fake_B):
+    return (self.gan(self.D(fake_B.detach()), False) + self.gan(self.D(real_B), True)) * 0.5
+
+  def data_dependent_initialize(self, real_A, real_B, patch_ids=None):
+    """The authors' first call: a forward pass and both backward passes (no step), which makes
+    the patch heads; then their optimizer."""
+    fake_B, idt_B = self.forward(real_A, real_B, False)
+    self.loss_d(real_B, fake_B).backward()
+    self.losses_g(real_A, real_B, fake_B, idt_B, False, patch_ids)["G"].backward()
+    self.optimizer_F = self.optimizer(self.F.parameters())
+
+  def optimize_parameters(self, real_A, real_B, patch_ids=None, flipped=None):
+    """One iteration; returns every loss term as a float. patch_ids: ([ids per layer] for
+    NCE, [ids per layer] for NCE_Y) instead of random draws; flipped: FastCUT's coin."""
+    if flipped is None:
+      flipped = self.flip_equivariance and np.random.random() < 0.5
+    fake_B, idt_B = self.forward(real_A, real_B, flipped)
+    for p in self.D.parameters():
+      p.requires_grad_(True)
+    self.optimizer_D.zero_grad()
+    loss_d = self.loss_d(real_B, fake_B)
+    loss_d.backward()
+    self.optimizer_D.step()
+    for p in self.D.parameters():
+      p.requires_grad_(False)
+    self.optimizer_G.zero_grad()
+    self.optimizer_F.zero_grad()
+    losses = self.losses_g(real_A, real_B, fake_B, idt_B, flipped, patch_ids)
+    losses["G"].backward()
+    self.optimizer_G.step()
+    self.optimizer_F.step()
+    losses["D"] = loss_d
     return {k: float(v.detach()) for k, v in losses.items()}
 
 
