@@ -1,7 +1,9 @@
 """One flat, typed config; files in configs/ and command-line flags override its defaults.
 
-The defaults are the reference recipe (the original CycleGAN's). Resolution order, later wins:
-dataclass defaults < configs/<name>.py < the config saved in a resumed workdir < explicit flags.
+The defaults are the reference recipe (the original CycleGAN's); `--model cut|fastcut` starts
+from its authors' recipe instead (MODEL_DEFAULTS). Resolution order, later wins: dataclass
+defaults < the model's defaults < configs/<name>.py < the config saved in a resumed workdir <
+explicit flags.
 """
 
 import dataclasses
@@ -16,7 +18,15 @@ from cyclegan import files
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 SYNTHETIC = "synthetic"
 # Fields that fix the shape of the checkpoint or the data; a resumed run may not change them.
-ARCHITECTURE_FIELDS = ("ngf", "ndf", "n_blocks", "n_layers_d", "dataset", "batch_size", "seed")
+ARCHITECTURE_FIELDS = ("model", "ngf", "ndf", "n_blocks", "n_layers_d", "antialias", "dataset",
+                       "batch_size", "seed")
+# CUT's and FastCUT's recipes, as their authors' code sets them (Park et al., ECCV 2020).
+MODEL_DEFAULTS = {
+    "cut": dict(epochs=200, epochs_decay=200, lambda_nce=1.0, nce_idt=True,
+                flip_equivariance=False, pool_size=0),
+    "fastcut": dict(epochs=150, epochs_decay=50, lambda_nce=10.0, nce_idt=False,
+                    flip_equivariance=True, pool_size=0),
+}
 
 
 class ConfigError(cli.UserError, ValueError):
@@ -46,10 +56,18 @@ class Config:
   crop_size: int = _field(256, "Random-crop size for training.")
   flip: bool = _field(True, "Random horizontal flips in training.")
   # Models.
+  model: str = _field(
+      "cycle_gan", "cycle_gan: two generators and two discriminators, cycle-consistent (Zhu et al. "
+      "2017). cut: one generator A->B and one discriminator, with PatchNCE instead of cycles "
+      "(Park et al. 2020); fastcut: CUT without NCE identity, lambda_nce 10, flip equivariance, "
+      "150 + 50 epochs. CUT models export a2b only.", ("cycle_gan", "cut", "fastcut"))
   ngf: int = _field(64, "Generator filters in the first layer.")
   ndf: int = _field(64, "Discriminator filters in the first layer.")
   n_blocks: int = _field(9, "Residual blocks in each generator (9 for 256 px, 6 for 128 px).")
   n_layers_d: int = _field(3, "PatchGAN conv layers (3 = 70x70 patches).")
+  antialias: bool = _field(True, "CUT: anti-aliased down- and upsampling in the generator and "
+                           "discriminator (the authors' default); --noantialias: strided and "
+                           "transposed convolutions, as CycleGAN's.")
   # Losses.
   gan_mode: str = _field("lsgan", "Adversarial loss.", ("lsgan", "vanilla"))
   lambda_a: float = _field(10.0, "Weight of the A->B->A cycle loss.")
@@ -57,6 +75,11 @@ class Config:
   lambda_identity: float = _field(
       0.5, "Identity loss weight, as a fraction of lambda_a/lambda_b; 0 turns it off.")
   pool_size: int = _field(50, "Fake-image pool per discriminator; 0 turns it off.")
+  lambda_nce: float = _field(1.0, "CUT: weight of the PatchNCE loss (fastcut: 10).")
+  nce_idt: bool = _field(True, "CUT: PatchNCE on B -> G(B) too (identity), averaged with A's.")
+  flip_equivariance: bool = _field(False, "CUT: on half the steps, translate the inputs "
+                                   "mirrored and compare patches mirrored back (fastcut).")
+  num_patches: int = _field(256, "CUT: positions sampled per layer for PatchNCE.")
   init_a2b: str = _field(
       "", "PyTorch reference generator (.pth state dict) to start generator_a2b from, for "
       "fine-tuning; read only when the workdir has no checkpoint yet (needs the [torch] extra).")
@@ -178,8 +201,16 @@ def _validate(c):
   if c.jit_compile and c.pool_size:
     raise ConfigError("--jit_compile compiles the whole step with XLA, which cannot hold the "
                       "image pool (its storage changes size): add --pool_size 0")
+  if c.model != "cycle_gan" and (c.init_a2b or c.init_b2a):
+    raise ConfigError(f"--init_a2b/--init_b2a start CycleGAN generators; --model {c.model} "
+                      "cannot start from a .pth yet")
+  if c.model != "cycle_gan" and c.num_patches <= 0:
+    raise ConfigError(f"num_patches must be positive, got {c.num_patches}")
+  if c.model != "cycle_gan" and c.n_blocks < 5:
+    raise ConfigError(f"--model {c.model} needs n_blocks >= 5 (PatchNCE reads the output of "
+                      f"residual block 5), got {c.n_blocks}")
   if min(c.max_steps, c.pool_size, c.lambda_identity, c.lambda_a, c.lambda_b, c.eval_every,
-         c.steps_per_call) < 0:
+         c.steps_per_call, c.lambda_nce) < 0:
     raise ConfigError("max_steps, pool_size, eval_every, steps_per_call and the lambdas must not "
                       "be negative")
 
@@ -191,7 +222,10 @@ def resolve(config_name, flag_overrides):
     config_name = dataset if dataset in named_configs() else None
   base = load_config_file(config_name) if config_name else {
       "name": _default_name(flag_overrides.get("dataset", SYNTHETIC))}
-  return make_config({**base, **flag_overrides})
+  model = flag_overrides.get("model", base.get("model", "cycle_gan"))
+  if model != "cycle_gan" and "name" not in flag_overrides and "model" not in base:
+    base = {**base, "name": f"{base['name']}_{model}"}  # its own workdir and exports
+  return make_config({**MODEL_DEFAULTS.get(model, {}), **base, **flag_overrides})
 
 
 def _default_name(dataset):

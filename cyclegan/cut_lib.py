@@ -7,8 +7,6 @@ what its input had (and with NCE identity, B through the generator keeps B). Los
 example, divided by the global batch, as in train_lib.
 """
 
-import dataclasses
-
 import tensorflow as tf
 
 from cyclegan import cut_models
@@ -17,83 +15,66 @@ from cyclegan import models
 from cyclegan import patch_nce
 
 
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-  """What CUT and FastCUT set differently; the rest is the authors' shared defaults."""
-  lambda_nce: float = 1.0
-  nce_idt: bool = True  # PatchNCE on B -> G(B) too, averaged with A's
-  flip_equivariance: bool = False  # FastCUT: half the steps see their inputs mirrored
-  epochs: int = 200
-  epochs_decay: int = 200
-  lambda_gan: float = 1.0
-  nce_layers: tuple = cut_models.NCE_LAYERS
-  num_patches: int = patch_nce.NUM_PATCHES
-  head_units: int = 256
+HEAD_UNITS = 256  # the authors' netF_nc
 
 
-CUT = Recipe()
-FASTCUT = Recipe(lambda_nce=10.0, nce_idt=False, flip_equivariance=True, epochs=150,
-                 epochs_decay=50)
+def build_networks(config):
+  """{"generator_a2b", "discriminator_b", "patch_heads"} at the authors' init, in
+  config.precision (resolved). The heads are built from the encoder layers' widths before the
+  first step (the authors' at it, from the same widths), so that a checkpoint holds them."""
+  dtype = models.POLICIES[config.precision]
+  if config.antialias:
+    generator = cut_models.cut_generator(config.ngf, config.n_blocks, "generator_a2b", dtype)
+    discriminator = cut_models.cut_discriminator(config.ndf, config.n_layers_d,
+                                                 "discriminator_b", dtype)
+  else:
+    generator = models.resnet_generator(config.ngf, config.n_blocks, "generator_a2b", dtype)
+    discriminator = models.patch_discriminator(config.ndf, config.n_layers_d, "discriminator_b",
+                                               dtype)
+  cut_models.xavier_init(generator, config.seed)
+  cut_models.xavier_init(discriminator, config.seed + 1)
+  heads = patch_nce.PatchHeads(HEAD_UNITS, seed=config.seed + 2, name="patch_heads", dtype=dtype)
+  heads.build([tuple(output.shape) for output in cut_models.nce_encoder(generator).outputs])
+  return {"generator_a2b": generator, "discriminator_b": discriminator, "patch_heads": heads}
 
 
-def build_networks(ngf, n_blocks, ndf, n_layers_d, recipe, precision="fp32", seed=0):
-  """{"generator_a2b", "discriminator_b", "patch_heads", "encoder"} at the authors' init. The
-  heads are built from the encoder layers' widths before the first step (theirs at it, from
-  the same widths): their weights then exist to checkpoint and restore."""
-  dtype = models.POLICIES[precision]
-  generator = cut_models.cut_generator(ngf, n_blocks, "generator_a2b", dtype)
-  discriminator = cut_models.cut_discriminator(ndf, n_layers_d, "discriminator_b", dtype)
-  cut_models.xavier_init(generator, seed)
-  cut_models.xavier_init(discriminator, seed + 1)
-  encoder = cut_models.nce_encoder(generator, recipe.nce_layers)
-  heads = patch_nce.PatchHeads(recipe.head_units, seed=seed + 2, name="patch_heads", dtype=dtype)
-  heads.build([tuple(output.shape) for output in encoder.outputs])
-  return {"generator_a2b": generator, "discriminator_b": discriminator, "patch_heads": heads,
-          "encoder": encoder}
-
-
-def _mirrored_if(flipped, x):
-  """x flipped left-right where `flipped` (a scalar bool tensor), else x."""
-  return tf.where(flipped, tf.reverse(x, [2]), x)
-
-
-def replica_step(recipe, networks, optimizer_g, optimizer_d, real_a, real_b, seed,
-                 global_batch, gan_mode="lsgan", patch_ids=None, flipped=None):
+def replica_step(config, networks, encoder, optimizer_g, optimizer_d, real_a, real_b, seed,
+                 global_batch, patch_ids=None, flipped=None):
   """One iteration on one replica's batch; returns the global mean of each loss.
 
-  seed: [2] int, this step's and replica's; it draws FastCUT's coin and the patches.
-  patch_ids and flipped replace those draws (tests): ([ids per layer] for A's PatchNCE,
-  [ids per layer] for B's) and a bool.
+  encoder: cut_models.nce_encoder of the generator. seed: [2] int, this step's and replica's;
+  it draws FastCUT's coin and the patches. patch_ids and flipped replace those draws (tests):
+  ([ids per layer] for A's PatchNCE, [ids per layer] for B's) and a bool.
   """
   generator, discriminator = networks["generator_a2b"], networks["discriminator_b"]
   average = lambda per_example: tf.reduce_sum(per_example) / global_batch
-  if flipped is None:
+  if flipped is None and config.flip_equivariance:
     coin = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, 0))
-    flipped = tf.logical_and(recipe.flip_equivariance, coin < 0.5)
-  flipped = tf.convert_to_tensor(flipped)
+    flipped = coin < 0.5
+  flipped = False if flipped is None else flipped
   nce_seeds = [tf.random.experimental.stateless_fold_in(seed, i) for i in (1, 2)]
   ids = patch_ids or (None, None)
   nce = lambda i, source, translated: patch_nce.nce_loss(
-      networks["encoder"], networks["patch_heads"], source, translated, nce_seeds[i],
-      recipe.lambda_nce, flipped, recipe.num_patches, ids[i])
+      encoder, networks["patch_heads"], source, translated, nce_seeds[i], config.lambda_nce,
+      flipped, config.num_patches, ids[i])
 
   batch = tf.shape(real_a)[0]
   with tf.GradientTape() as g_tape:
-    real = tf.concat([real_a, real_b], 0) if recipe.nce_idt else real_a
-    fake = generator(_mirrored_if(flipped, real), training=True)
+    real = tf.concat([real_a, real_b], 0) if config.nce_idt else real_a
+    fake = generator(patch_nce.mirrored_if(flipped, real), training=True)
     fake_b = fake[:batch]
     with g_tape.stop_recording(), tf.GradientTape() as d_tape:
       d_loss = average(losses.discriminator_loss(
           discriminator(real_b, training=True),
-          discriminator(tf.stop_gradient(fake_b), training=True), gan_mode))
+          discriminator(tf.stop_gradient(fake_b), training=True), config.gan_mode))
       scaled_d_loss = optimizer_d.scale_loss(d_loss)
     d_variables = discriminator.trainable_variables
     optimizer_d.apply(d_tape.gradient(scaled_d_loss, d_variables), d_variables)
-    terms = {"g_gan": recipe.lambda_gan * losses.adversarial_loss(
-                 discriminator(fake_b, training=True), True, gan_mode),
+    terms = {"g_gan": losses.adversarial_loss(discriminator(fake_b, training=True), True,
+                                              config.gan_mode),
              "nce": nce(0, real_a, fake_b)}
     nce_both = terms["nce"]
-    if recipe.nce_idt:
+    if config.nce_idt:
       terms["nce_y"] = nce(1, real_b, fake[batch:])
       nce_both = (terms["nce"] + terms["nce_y"]) * 0.5
     g_loss = average(terms["g_gan"] + nce_both)

@@ -27,6 +27,7 @@ from absl import flags, logging
 
 from cyclegan import any_size
 from cyclegan import cli
+from cyclegan import cut_models
 from cyclegan import files
 from cyclegan import images as images_lib
 from cyclegan import kernels
@@ -125,6 +126,10 @@ def resolve_version(path):
     name = os.path.basename(path)
     return path, int(name) if name.isdigit() else 1
   versions = find_versions(path)
+  folder, name = os.path.split(path)
+  if not versions and name == "b2a" and find_versions(os.path.join(folder, "a2b")):
+    raise FileNotFoundError(f"{path} does not exist: {folder} has a2b alone, as a run of "
+                            "--model cut or fastcut exports (they translate A->B only)")
   if not versions:
     raise FileNotFoundError(f"{path} is not an exported model (no saved_model.pb in it or in a "
                             "numbered version folder under it)")
@@ -158,7 +163,9 @@ def generator_of(loaded, dtype="float32"):
   n_blocks, extra = divmod(len(weights) - 12, 4)  # stem 2, down 4, up 4, head 2; 4 per block
   if not weights or extra or n_blocks < 1 or len(weights[0].shape) != 4:
     raise ValueError("not a cyclegan export: its variables do not form a generator")
-  generator = models.resnet_generator(weights[0].shape[-1], n_blocks, dtype=dtype)
+  up0 = weights[6 + 4 * n_blocks].shape  # a transposed kernel is (h, w, out, in)
+  build = cut_models.cut_generator if up0[2] > up0[3] else models.resnet_generator
+  generator = build(weights[0].shape[-1], n_blocks, dtype=dtype)
   generator.set_weights([w.numpy() for w in weights])
   return generator
 
@@ -182,24 +189,32 @@ def _workdir_config(workdir):
   return config
 
 
+def directions(config):
+  """{direction: generator name} a run of `config` trains: CUT's A->B alone."""
+  return DIRECTIONS if config.model == "cycle_gan" else {"a2b": DIRECTIONS["a2b"]}
+
+
 def restore_generators(workdir):
   """float32 generators with the latest checkpoint's weights; the training precision does not matter."""
   config = _workdir_config(workdir)
   checkpoint_path = workdir_lib.latest_checkpoint(workdir)
   if not checkpoint_path:
     raise FileNotFoundError(f"no checkpoint in {workdir_lib.checkpoint_dir(workdir)}: train first")
-  generators = {name: models.resnet_generator(config.ngf, config.n_blocks, name=name)
-                for name in DIRECTIONS.values()}
+  build = (cut_models.cut_generator if config.model != "cycle_gan" and config.antialias else
+           models.resnet_generator)
+  generators = {name: build(config.ngf, config.n_blocks, name=name)
+                for name in directions(config).values()}
   status = tf.train.Checkpoint(**generators).restore(checkpoint_path).expect_partial()
   status.assert_existing_objects_matched()
   return generators, checkpoint_path
 
 
 def export_from_workdir(workdir, export_dir, version=None):
-  """Exports a2b and b2a from the workdir's latest checkpoint; returns {direction: path}."""
+  """Exports a2b and b2a (CUT: a2b) from the workdir's latest checkpoint; returns
+  {direction: path}."""
   generators, checkpoint_path = restore_generators(workdir)
   paths = {d: save(generators[g], os.path.join(export_dir, d), version)
-           for d, g in DIRECTIONS.items()}
+           for d, g in DIRECTIONS.items() if g in generators}
   logging.info("exported %s to %s", checkpoint_path, ", ".join(paths.values()))
   return paths
 
@@ -207,8 +222,10 @@ def export_from_workdir(workdir, export_dir, version=None):
 def usage(paths):
   """What to tell a person who just got these exports."""
   a2b = paths["a2b"]
+  saved = (f"SavedModels: {a2b} (A->B) and {paths['b2a']} (B->A)" if "b2a" in paths else
+           f"SavedModel: {a2b} (A->B; CUT models translate one way)")
   return "\n".join([
-      f"SavedModels: {paths['a2b']} (A->B) and {paths['b2a']} (B->A)",
+      saved,
       f"  inspect:   saved_model_cli show --dir {a2b} --all",
       f"  in Python: m = tf.saved_model.load('{a2b}'); "
       "png = m.signatures['serving_default'](image_bytes=tf.constant([open('x.jpg','rb').read()]))"

@@ -83,15 +83,20 @@ def patch_nce_loss(queries, keys, batch_size, temperature=TEMPERATURE):
   return tf.reduce_mean(tf.reshape(per_patch, [batch_size, -1]), axis=1)
 
 
+def mirrored_if(flipped, x):
+  """x flipped left-right where `flipped` (a bool, or a scalar bool tensor), else x."""
+  if flipped is False:
+    return x
+  return tf.where(flipped, tf.reverse(x, [2]), x)
+
+
 def nce_loss(encoder, heads, source, translated, seed, lambda_nce=1.0, flipped=False,
              num_patches=NUM_PATCHES, patch_ids=None):
   """lambda_nce x PatchNCE per image, averaged over the encoder's layers: the queries from
   `translated`, the keys from its `source`. flipped: `translated` is of the source flipped
   left-right (FastCUT's equivariance), so its features are flipped back first. patch_ids:
   positions per layer, instead of drawing them from `seed`."""
-  queries = encoder(translated, training=True)
-  if flipped:
-    queries = [tf.reverse(q, [2]) for q in queries]
+  queries = [mirrored_if(flipped, q) for q in encoder(translated, training=True)]
   keys = encoder(source, training=True)
   ids = patch_ids if patch_ids is not None else sample_patch_ids(keys, seed, num_patches)
   key_samples, query_samples = heads(keys, ids), heads(queries, ids)

@@ -1,9 +1,10 @@
-"""The CycleGAN train step, the training loop, checkpoints and summaries.
+"""The train step, the training loop, checkpoints and summaries.
 
-One iteration is the reference's: both generators update with the discriminators frozen, then
-both discriminators update on real images and on fakes from the image pools. The step runs per
-replica under `strategy.run`; each loss is summed per example and divided by the global batch,
-so one device with batch 2 and two devices with batch 1 take the same step.
+A CycleGAN iteration is the reference's: both generators update with the discriminators frozen,
+then both discriminators update on real images and on fakes from the image pools. CUT's and
+FastCUT's is cut_lib's. The step runs per replica under `strategy.run`; each loss is summed per
+example and divided by the global batch, so one device with batch 2 and two devices with batch
+1 take the same step.
 """
 
 import dataclasses
@@ -22,6 +23,8 @@ from absl import logging
 from cyclegan import cli
 from cyclegan import config as config_lib
 from cyclegan import convert_torch
+from cyclegan import cut_lib
+from cyclegan import cut_models
 from cyclegan import runtime
 from cyclegan import workdir as workdir_lib
 from cyclegan import evaluation
@@ -71,13 +74,14 @@ class TrainState:
 
   @property
   def generator_variables(self):
-    return (self.models["generator_a2b"].trainable_variables +
-            self.models["generator_b2a"].trainable_variables)
+    """The generators' (and CUT's patch heads'): what the generator loss updates."""
+    return [v for name, model in sorted(self.models.items())
+            if not name.startswith("discriminator") for v in model.trainable_variables]
 
   @property
   def discriminator_variables(self):
-    return (self.models["discriminator_a"].trainable_variables +
-            self.models["discriminator_b"].trainable_variables)
+    return [v for name, model in sorted(self.models.items())
+            if name.startswith("discriminator") for v in model.trainable_variables]
 
 
 def learning_rate_schedule(config, steps_per_epoch):
@@ -128,7 +132,8 @@ def create_state(config, steps_per_epoch):
   """
   keras.utils.set_random_seed(config.seed)
   state = TrainState(
-      models=models.build_models(config),
+      models=models.build_models(config) if config.model == "cycle_gan" else
+      cut_lib.build_networks(config),
       optimizer_g=_optimizer(config, steps_per_epoch),
       optimizer_d=_optimizer(config, steps_per_epoch),
       pool_a=image_pool.ImagePool(config.pool_size, name="pool_a"),
@@ -181,6 +186,16 @@ def _distributed_step(config, state, strategy):
     # tf.nn.compute_average_loss's arithmetic without its 15 ops of argument checks per loss.
     return tf.reduce_sum(per_example) / global_batch
 
+  if config.model != "cycle_gan":
+    encoder = cut_models.nce_encoder(state.models["generator_a2b"])
+
+  def cut_replica_step(batch, step):
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    seed = tf.random.experimental.stateless_fold_in(
+        tf.stack([tf.constant(config.seed, tf.int64), step]), replica)
+    return cut_lib.replica_step(config, state.models, encoder, state.optimizer_g,
+                                state.optimizer_d, batch["a"], batch["b"], seed, global_batch)
+
   def replica_step(batch, step):
     real_a, real_b = batch["a"], batch["b"]
     with tf.GradientTape() as tape:
@@ -214,7 +229,7 @@ def _distributed_step(config, state, strategy):
   # XLA compiles the replica's step on its own (a function of its own costs ~0.4 s of tracing
   # otherwise). No AutoGraph: the step has no Python control flow on tensors, and converting
   # every function it calls cost about a second of the first step.
-  replica_fn = replica_step
+  replica_fn = replica_step if config.model == "cycle_gan" else cut_replica_step
   if config.jit_compile:
     replica_fn = tf.function(replica_step, jit_compile=True, reduce_retracing=True,
                              autograph=False)
@@ -236,6 +251,8 @@ def make_train_step(config, state, strategy):
 
 def loss_names(config):
   """The keys of a step's losses."""
+  if config.model != "cycle_gan":
+    return ["g_gan", "nce"] + (["nce_y"] if config.nce_idt else []) + ["g_total", "d_total"]
   generator = ["g_adv_a2b", "g_adv_b2a", "cycle_a", "cycle_b"]
   identity = ["identity_a", "identity_b"] if config.lambda_identity > 0 else []
   return generator + identity + ["d_a", "d_b", "g_total", "d_total"]
@@ -301,6 +318,7 @@ class _Summaries:
     # Each generator traced once and called twice: the first grid took 1.0-1.7 s instead of
     # 2.7 s with all four passes traced in one function (the built-in default's model).
     self.a2b, self.b2a = (tf.function(state.models[name], autograph=False)
+                          if name in state.models else None
                           for name in ("generator_a2b", "generator_b2a"))
 
   def scalars(self, step, values, prefix=""):
@@ -309,9 +327,14 @@ class _Summaries:
         tf.summary.scalar(prefix + name, value)
 
   def images(self, step):
-    fake_b, fake_a = self.a2b(self.samples_a), self.b2a(self.samples_b)
-    rec_a, rec_b = self.b2a(fake_b), self.a2b(fake_a)
     as_rows = lambda *xs: tf.concat([tf.concat(tf.unstack(tf.cast(x, tf.float32)), 1) for x in xs], 0)
+    fake_b = self.a2b(self.samples_a)
+    if self.b2a is None:  # CUT: A and A->B
+      with self.writer.as_default(step=step):
+        tf.summary.image("a_to_b", (as_rows(self.samples_a, fake_b)[None] + 1) / 2, step=step)
+      return
+    fake_a = self.b2a(self.samples_b)
+    rec_a, rec_b = self.b2a(fake_b), self.a2b(fake_a)
     with self.writer.as_default(step=step):
       tf.summary.image("a_to_b", (as_rows(self.samples_a, fake_b, rec_a)[None] + 1) / 2, step=step)
       tf.summary.image("b_to_a", (as_rows(self.samples_b, fake_a, rec_b)[None] + 1) / 2, step=step)
@@ -330,15 +353,16 @@ def _uint8_translation(generator):
 
 def _training_evaluation(config, state, domains):
   """--eval_every's numbers, from evaluation.Evaluator on the test split (else the training
-  split): cycle L1 both ways, and A->B's paired metrics where there is ground truth."""
+  split): cycle L1 both ways (CycleGAN), and A->B's paired metrics where there is ground truth."""
   split = "test" if "testA" in domains and "testB" in domains else "train"
   evaluator = evaluation.Evaluator(
       config, {"a": domains[f"{split}A"], "b": domains[f"{split}B"]}, EVAL_IMAGES)
   a2b = _uint8_translation(state.models["generator_a2b"])
-  b2a = _uint8_translation(state.models["generator_b2a"])
+  b2a = ("generator_b2a" in state.models and
+         _uint8_translation(state.models["generator_b2a"]))
 
   def evaluate():
-    values = evaluator.cycle_l1(a2b, b2a)
+    values = evaluator.cycle_l1(a2b, b2a) if b2a else {}
     if evaluator.has_pairs:
       paired = evaluator.translation(a2b, "a2b", which="paired")["paired"]
       values.update({f"a2b_{k}": v for k, v in paired.items()})
@@ -498,7 +522,8 @@ def _checkpoint_step(manager):
 
 
 def _log_progress(config, step, last_step, per_epoch, values, lr, step_s):
-  main = " ".join(f"{k}={values[k]:.3f}" for k in ("g_total", "d_total", "cycle_a", "cycle_b"))
+  main = " ".join(f"{k}={values[k]:.3f}" for k in
+                  ("g_total", "d_total", "cycle_a", "cycle_b", "nce", "nce_y") if k in values)
   logging.info("step %d/%d epoch %d | %s | lr %.2e | %.2f img/s | ETA %s",
                step, last_step, (step - 1) // per_epoch + 1, main, lr,
                config.batch_size / step_s, _format_duration(step_s * (last_step - step)))

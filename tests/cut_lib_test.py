@@ -1,12 +1,19 @@
-"""CUT's and FastCUT's iteration against a PyTorch re-implementation of its authors' code."""
+"""CUT's and FastCUT's iteration against a PyTorch re-implementation of its authors' code, and
+their training runs and exports."""
+
+import os
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import load_tool, photo
+from conftest import load_tool, photo, tiny_config
 
+from cyclegan import config as config_lib
 from cyclegan import cut_lib
+from cyclegan import cut_models
+from cyclegan import export
+from cyclegan import train_lib
 
 torch = pytest.importorskip("torch", reason="PyTorch is the optional [torch] extra")
 torch_reference = load_tool("torch_reference")
@@ -17,8 +24,10 @@ REFERENCE_LOSSES = {"g_gan": "G_GAN", "nce": "NCE", "nce_y": "NCE_Y", "g_total":
 SIZE = 64  # layers 12 and 16 have 16 x 16 positions: 256 patches take all
 
 
-def _networks(recipe):
-  return cut_lib.build_networks(8, 6, 8, 3, recipe, seed=0)
+def tiny_cut_config(model):
+  """The model's defaults on networks small enough for the reference in float64."""
+  return config_lib.make_config({**config_lib.MODEL_DEFAULTS[model], "model": model, "ngf": 8,
+                                 "n_blocks": 6, "ndf": 8, "n_layers_d": 3, "precision": "fp32"})
 
 
 def _torch_layers(net):
@@ -61,12 +70,12 @@ def _weights(networks, name):
   return [w.numpy().copy() for w in networks[name].weights]
 
 
-def one_iteration(recipe, flipped=False):
+def one_iteration(config, flipped=False):
   """(our losses and changes, the reference's in float64 and float32) after one iteration
   from the same weights, images and patches, with SGD at lr 1 on both sides (each weight's
   change is minus its gradient)."""
   keras.utils.set_random_seed(0)
-  networks = _networks(recipe)
+  networks = cut_lib.build_networks(config)
   optimizers = keras.optimizers.SGD(1.0), keras.optimizers.SGD(1.0)
   optimizers[0].build(cut_lib.generator_variables(networks))
   optimizers[1].build(networks["discriminator_b"].trainable_variables)
@@ -76,12 +85,12 @@ def one_iteration(recipe, flipped=False):
   real_b = photo(SIZE, SIZE, seed=2).astype(np.float32)[None] / 127.5 - 1
   sides = [SIZE + 6, SIZE, SIZE // 2, SIZE // 4, SIZE // 4]
   rng = np.random.default_rng(0)
-  patch_ids = [[rng.permutation(s * s)[:recipe.num_patches] for s in sides] for _ in range(2)]
+  patch_ids = [[rng.permutation(s * s)[:config.num_patches] for s in sides] for _ in range(2)]
 
   def reference(dtype):
     model = torch_reference.CUT(
-        8, 6, 8, 3, lambda_nce=recipe.lambda_nce, nce_idt=recipe.nce_idt,
-        flip_equivariance=recipe.flip_equivariance,
+        8, 6, 8, 3, lambda_nce=config.lambda_nce, nce_idt=config.nce_idt,
+        flip_equivariance=config.flip_equivariance,
         optimizer=lambda params: torch.optim.SGD(params, lr=1.0))
     to_nchw = lambda x: torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(dtype)
     model.G.to(dtype)
@@ -93,8 +102,9 @@ def one_iteration(recipe, flipped=False):
 
   exact = reference(torch.float64)
   torch32 = reference(torch.float32)
+  encoder = cut_models.nce_encoder(networks["generator_a2b"])
   step = tf.function(lambda a, b: cut_lib.replica_step(
-      recipe, networks, *optimizers, a, b, tf.constant([0, 0]), 1,
+      config, networks, encoder, *optimizers, a, b, tf.constant([0, 0]), 1,
       patch_ids=[[tf.constant(i) for i in ids] for ids in patch_ids], flipped=flipped))
   losses = {k: float(v) for k, v in step(tf.constant(real_a), tf.constant(real_b)).items()}
   ours = {name: [w - b for w, b in zip(_weights(networks, name), before[name])]
@@ -112,9 +122,9 @@ def _errors(got, exact):
           for name in exact}
 
 
-@pytest.mark.parametrize("recipe,flipped", [(cut_lib.CUT, False), (cut_lib.FASTCUT, True)],
+@pytest.mark.parametrize("model,flipped", [("cut", False), ("fastcut", True)],
                          ids=["cut", "fastcut_flipped"])
-def test_one_iteration_equals_the_reference(recipe, flipped):
+def test_one_iteration_equals_the_reference(model, flipped):
   """Every loss term (GAN, NCE, NCE identity, D) and the changes of G, D and the heads, with
   the reference in float64 as the exact answer.
 
@@ -127,11 +137,73 @@ def test_one_iteration_equals_the_reference(recipe, flipped):
   keys that pass gradients (the heads' change off by 16%), the generator's loss also updating
   D (D's change off by 876x).
   """
-  (losses, ours), (exact_losses, exact), (_, torch32) = one_iteration(recipe, flipped)
-  names = [k for k in REFERENCE_LOSSES if recipe.nce_idt or k != "nce_y"]
+  config = tiny_cut_config(model)
+  (losses, ours), (exact_losses, exact), (_, torch32) = one_iteration(config, flipped)
+  names = [k for k in REFERENCE_LOSSES if config.nce_idt or k != "nce_y"]
   for name in names:
     assert losses[name] == pytest.approx(exact_losses[REFERENCE_LOSSES[name]], rel=2e-5), name
   errors, torch_errors = _errors(ours, exact), _errors(torch32, exact)
   print("ours", errors, "torch float32", torch_errors)
   assert max(torch_errors.values()) <= 1e-4
   assert max(errors.values()) <= 2e-2, errors
+
+
+# --- Training runs -------------------------------------------------------------------------
+
+def _cut_run(tmp_path, model, **overrides):
+  """The tiny test model as CUT or FastCUT (5 blocks: PatchNCE reads block 5's output)."""
+  defaults = {k: v for k, v in config_lib.MODEL_DEFAULTS[model].items()
+              if k not in ("epochs", "epochs_decay")}
+  return tiny_config(tmp_path, model=model, n_blocks=5, **{**defaults, **overrides})
+
+
+def _checkpoint(workdir):
+  reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+          if k not in ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE")}
+
+
+@pytest.mark.parametrize("model", ["cut", "fastcut"])
+def test_cut_trains_resumes_exactly_and_exports_a2b_only(tmp_path, model):
+  """Two steps and then two more equal four in one run (weights, heads, Adam slots: FastCUT's
+  coin and the patches are functions of the step); the export is one direction, at any size,
+  and rebuilds as a CUT generator."""
+  straight = _cut_run(tmp_path / "straight", model, max_steps=4, checkpoint_every=100)
+  train_lib.train(straight)
+  split = _cut_run(tmp_path / "split", model, max_steps=2, checkpoint_every=100)
+  train_lib.train(split)
+  train_lib.train(split.replace(max_steps=4))
+  want, got = _checkpoint(straight.workdir), _checkpoint(split.workdir)
+  assert want.keys() == got.keys()
+  # Variables are saved under the optimizer that updates them: G's and the five heads' (two
+  # Dense layers, kernel and bias each) under optimizer_g.
+  g_variables = sum(k.startswith("optimizer_g/_trainable_variables/") for k in want)
+  assert g_variables == len(cut_models.cut_generator(4, 5).trainable_weights) + 5 * 4
+  for key in want:
+    np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=key)
+
+  paths = export.export_from_workdir(split.workdir, str(tmp_path / "export"))
+  assert list(paths) == ["a2b"] and not os.path.exists(tmp_path / "export" / "b2a")
+  with pytest.raises(FileNotFoundError, match="A->B only"):  # what translate and serve say
+    export.resolve_version(str(tmp_path / "export" / "b2a"))
+  loaded = tf.saved_model.load(paths["a2b"])
+  x = photo(37, 50)[None]
+  out = loaded.signatures["translate_uint8"](images=tf.constant(x))["images"].numpy()
+  assert out.shape == x.shape
+  rebuilt = export.generator_of(loaded)
+  assert any(isinstance(layer, cut_models.BlurUpsample) for layer in rebuilt.layers)
+  replayed = tf.function(export.any_size.translate_uint8)(rebuilt, tf.constant(x)).numpy()
+  assert np.abs(replayed.astype(int) - out).max() <= 1
+
+
+def test_cut_presets_and_their_own_workdir():
+  cut = config_lib.resolve(None, {"model": "cut"})
+  fast = config_lib.resolve(None, {"model": "fastcut", "lambda_nce": 5.0})
+  assert (cut.name, cut.epochs, cut.lambda_nce, cut.nce_idt, cut.flip_equivariance) == (
+      "synthetic_cut", 3, 1.0, True, False)  # the built-in config's epochs win over CUT's
+  assert (fast.lambda_nce, fast.nce_idt, fast.flip_equivariance) == (5.0, False, True)
+  assert config_lib.resolve(None, {"model": "cut", "dataset": "data/h2z"}).epochs == 200
+  with pytest.raises(config_lib.ConfigError, match="n_blocks >= 5"):
+    config_lib.resolve(None, {"model": "cut", "n_blocks": 4})
+  with pytest.raises(config_lib.ConfigError, match="init_a2b"):
+    config_lib.resolve(None, {"model": "fastcut", "init_a2b": "x.pth"})

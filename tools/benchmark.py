@@ -38,6 +38,8 @@ flags.DEFINE_enum("what", "train", ["train", "translate", "input", "folder"],
                   "train: one full iteration; translate: generator forward; input: tf.data "
                   "only; folder: cyclegan.translate's folder path, JPEGs in and out, through "
                   "an export (median_s: steady seconds per image).")
+flags.DEFINE_enum("model", "cycle_gan", ["cycle_gan", "cut", "fastcut"],
+                  "For --what train: which method's step (cyclegan.train --model).")
 flags.DEFINE_integer("size", 256, "Square image side.")
 flags.DEFINE_integer("batch_size", 1, "Global batch size.")
 flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16", "fp16"],
@@ -80,13 +82,14 @@ def _timed(fn, steps, first_fn=None):
 
 
 def _config():
-  return config_lib.make_config(dict(
-      crop_size=FLAGS.size, load_size=max(286, FLAGS.size), batch_size=FLAGS.batch_size,
-      precision=FLAGS.precision, strategy=FLAGS.strategy, jit_compile=FLAGS.jit_compile,
-      ngf=FLAGS.ngf, n_blocks=FLAGS.n_blocks, ndf=FLAGS.ndf, dataset=FLAGS.dataset,
-      graph_optimizer=FLAGS.graph_optimizer, pool_size=FLAGS.pool_size,
-      steps_per_call=FLAGS.steps_per_call,
-      synthetic_size=max(72, FLAGS.size)))
+  """The model's recipe (cyclegan.train --model) with this run's flags over it."""
+  return config_lib.make_config({**config_lib.MODEL_DEFAULTS.get(FLAGS.model, {}), **dict(
+      model=FLAGS.model, crop_size=FLAGS.size, load_size=max(286, FLAGS.size),
+      batch_size=FLAGS.batch_size, precision=FLAGS.precision, strategy=FLAGS.strategy,
+      jit_compile=FLAGS.jit_compile, ngf=FLAGS.ngf, n_blocks=FLAGS.n_blocks, ndf=FLAGS.ndf,
+      dataset=FLAGS.dataset, graph_optimizer=FLAGS.graph_optimizer,
+      pool_size=FLAGS.pool_size if FLAGS.model == "cycle_gan" else 0,
+      steps_per_call=FLAGS.steps_per_call, synthetic_size=max(72, FLAGS.size))})
 
 
 def bench_train(config):
@@ -191,7 +194,7 @@ def main(argv):
   median = (statistics.mean if FLAGS.what == "folder" else statistics.median)(times)
   batch_size = FOLDER_BATCH_SIZE if FLAGS.what == "folder" else FLAGS.batch_size
   print(json.dumps({
-      "what": FLAGS.what, "size": FLAGS.size, "batch_size": batch_size,
+      "what": FLAGS.what, "model": FLAGS.model, "size": FLAGS.size, "batch_size": batch_size,
       "precision": config.precision, "requested_precision": FLAGS.precision,
       "graph_optimizer": FLAGS.graph_optimizer, "ndf": FLAGS.ndf, "strategy": FLAGS.strategy, "jit_compile": FLAGS.jit_compile,
       "ngf": FLAGS.ngf, "n_blocks": FLAGS.n_blocks, "device": "gpu" if tf.config.list_physical_devices("GPU") else "cpu",

@@ -1,6 +1,7 @@
 """Ours against PyTorch's variants on this machine, in one run: JSON lines, then a table.
 
-  python tools/speed_table.py                      # train 128 and 256, translate 512
+  python tools/speed_table.py                      # train 128 and 256 (CUT, FastCUT: 256), translate 512
+  python tools/speed_table.py --cut_size 0         # no CUT rows
   python tools/speed_table.py --sizes 128 --steps 3
   python tools/speed_table.py --sizes              # translate 512 and its folder row only
   python tools/speed_table.py --rounds 3           # each cell the median of 3 rounds
@@ -63,10 +64,10 @@ def _median_over_rounds(results):
   return combined
 
 
-def _label(what, size):
+def _label(what, size, model="cycle_gan"):
   if what == "folder":
     return f"translate folder {size} px (ours: JPEGs in and out; PyTorch: its bare call)"
-  return f"{what} {size} px"
+  return f"{what} {size} px" + ("" if model == "cycle_gan" else f" ({model})")
 
 
 def _cpu_name():
@@ -89,6 +90,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", type=int, nargs="*", default=[128, 256],
                       help="Square training image sides (none: no training rows).")
+  parser.add_argument("--cut_size", type=int, default=256,
+                      help="Square image side of the CUT and FastCUT training rows; 0: none.")
   parser.add_argument("--translate_size", type=int, default=512,
                       help="Image side for the translation rows (generator forward, and the "
                            "folder of JPEGs); 0: skip both.")
@@ -111,17 +114,19 @@ def main():
   if has_bf16 and not args.fp32:
     variants += [("pytorch bf16", device + ["--bf16"]),
                  ("pytorch bf16 channels_last", device + ["--bf16", "--channels_last"])]
-  rows = [("train", size) for size in args.sizes]
-  rows += [("translate", args.translate_size)] if args.translate_size else []
-  rows += [("folder", args.translate_size)] if args.translate_size and args.folder_images else []
+  rows = [("train", size, "cycle_gan") for size in args.sizes]
+  rows += [("train", args.cut_size, m) for m in ("cut", "fastcut")] if args.cut_size else []
+  rows += [("translate", args.translate_size, "cycle_gan")] if args.translate_size else []
+  rows += ([("folder", args.translate_size, "cycle_gan")]
+           if args.translate_size and args.folder_images else [])
   cpu = _cpu_name() + (" (AVX512_BF16/AMX)" if runtime.cpu_has_bf16() else " (no bf16)")
   if gpu:
     cpu = f"{gpu} (host: {cpu})"
   table = []
   names = [name for name, _ in variants]
   bare = {}  # PyTorch's translate runs, which the folder row compares with
-  for what, size in rows:
-    common = ["--what", what, "--size", str(size), "--steps", str(args.steps)]
+  for what, size, model in rows:
+    common = ["--what", what, "--size", str(size), "--steps", str(args.steps), "--model", model]
     runs = {name: [] for name in ["ours", *names]}
     for round_index in range(args.rounds):
       if what == "folder":
@@ -142,7 +147,7 @@ def main():
     best = min(theirs, key=lambda name: theirs[name]["median_s"])
     by_round = [min(runs[name][i]["median_s"] for name in names) / runs["ours"][i]["median_s"]
                 for i in range(args.rounds)]
-    table.append((what, size, ours, theirs, best, by_round))
+    table.append((what, _label(what, size, model), ours, theirs, best, by_round))
     if what == "translate":
       bare = runs
 
@@ -150,27 +155,27 @@ def main():
   print(f"\n{cpu}, batch 1, median of {args.steps} steps after the first{rounds} (seconds)\n")
   print("| | ours | " + " | ".join(names) + " | ours vs PyTorch's best |")
   print("|---" * (len(names) + 3) + "|")
-  for what, size, ours, theirs, best, _ in table:
+  for what, label, ours, theirs, best, _ in table:
     cells = [f"{ours['median_s']:.3f} ({ours['precision']})"]
     cells += [f"{theirs[name]['median_s']:.3f}" for name in names]
     speedup = theirs[best]["median_s"] / ours["median_s"]
-    print(f"| {_label(what, size)} | " + " | ".join(cells) + f" | {speedup:.2f}x ({best}) |")
+    print(f"| {label} | " + " | ".join(cells) + f" | {speedup:.2f}x ({best}) |")
   for label, key in (("first step", "first_step_s"),
                      ("first step over a steady step", "first_step_over_steady_s"),
                      ("peak RSS (GB)", "peak_rss_gb")) + (
                          (("peak GPU memory (GB)", "peak_gpu_gb"),) if gpu else ()):
-    for what, size, ours, theirs, *_ in table:
+    for what, row, ours, theirs, *_ in table:
       cells = [f"{ours[key]}"] + [  # PyTorch's folder cells are its bare calls': not repeated.
           "—" if what == "folder" else f"{theirs[name][key]}" for name in names]
-      print(f"| {label}, {what} {size} px | " + " | ".join(cells) + " | |")
+      print(f"| {label}, {row.split(' (ours')[0]} | " + " | ".join(cells) + " | |")
   if any(what == "folder" for what, *_ in table):
     print(f"\nThe folder row: cyclegan.translate's defaults on {args.folder_images} JPEGs, "
           f"steady seconds per image (images {FOLDER_WARMUP + 1}-{args.folder_images}), first "
           "step from loading the export; PyTorch's cells are its bare generator calls above.")
   if args.rounds > 1:  # The machine drifts: a median can hide a round below the target.
     print("\nOurs vs PyTorch's fastest variant in the same round: " + "; ".join(
-        f"{what} {size} px " + ", ".join(f"{r:.2f}x" for r in by_round)
-        for what, size, *_, by_round in table))
+        f"{row.split(' (ours')[0]} " + ", ".join(f"{r:.2f}x" for r in by_round)
+        for _, row, *_, by_round in table))
 
 
 if __name__ == "__main__":

@@ -370,6 +370,9 @@ def main():
   parser.add_argument("--steps", type=int, default=5, help="Timed steps after one warm-up step.")
   parser.add_argument("--what", choices=["train", "translate"], default="train",
                       help="train: one full iteration; translate: one generator forward.")
+  parser.add_argument("--model", choices=["cycle_gan", "cut", "fastcut"], default="cycle_gan",
+                      help="Whose iteration (or generator): the reference CycleGAN's, or CUT's "
+                      "or FastCUT's as their authors' code runs it.")
   parser.add_argument("--channels_last", action="store_true",
                       help="Networks and images in channels_last memory format (PyTorch's "
                       "faster CPU layout for convolutions).")
@@ -382,13 +385,18 @@ def main():
   args = parser.parse_args()
   device = torch.device(args.device)
   torch.backends.cudnn.benchmark = args.device == "cuda"
-  model = CycleGAN()
-  for net in (model.G_A, model.G_B, model.D_A, model.D_B):
+  model = {"cycle_gan": CycleGAN, "cut": CUT, "fastcut": CUT.fastcut}[args.model]()
+  nets = [model.G_A, model.G_B, model.D_A, model.D_B] if args.model == "cycle_gan" else [
+      model.G, model.D]
+  for net in nets:
     net.to(device)  # Keeps each parameter object, so the optimizers still hold them.
   real_a = torch.rand(1, 3, args.size, args.size, device=device) * 2 - 1
   real_b = torch.rand(1, 3, args.size, args.size, device=device) * 2 - 1
+  if args.model != "cycle_gan":  # the authors' first call: makes the patch heads
+    model.data_dependent_initialize(real_a, real_b)
+    model.F.to(device)
   if args.channels_last:
-    for net in (model.G_A, model.G_B, model.D_A, model.D_B):
+    for net in nets:
       net.to(memory_format=torch.channels_last)
     real_a = real_a.contiguous(memory_format=torch.channels_last)
     real_b = real_b.contiguous(memory_format=torch.channels_last)
@@ -400,11 +408,13 @@ def main():
     with autocast():
       return model.optimize_parameters(real_a, real_b)
 
+  generator = model.G_A if args.model == "cycle_gan" else model.G
+
   def translate_step():
     with torch.no_grad(), autocast():
-      return model.G_A(real_a)
+      return generator(real_a)
 
-  model.G_A.train(args.what == "train")
+  generator.train(args.what == "train")
   run = train_step if args.what == "train" else translate_step
 
   def step():
@@ -421,7 +431,8 @@ def main():
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
   print(json.dumps({
-      "what": args.what, "impl": f"pytorch {torch.__version__}", "size": args.size,
+      "what": args.what, "model": args.model, "impl": f"pytorch {torch.__version__}",
+      "size": args.size,
       "batch_size": 1, "precision": "bf16" if args.bf16 else "fp32",
       "memory_format": "channels_last" if args.channels_last else "nchw",
       "device": args.device, "threads": torch.get_num_threads(),
