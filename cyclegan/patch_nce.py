@@ -15,13 +15,13 @@ _MASKED = -10.0  # the authors' logit for a query against its own position among
 
 def sample_patch_ids(features, seed, num_patches=NUM_PATCHES):
   """Per feature map, `num_patches` distinct positions (all, if it has fewer), in random order,
-  the same for every image of the batch; a pure function of `seed` (shape [2])."""
+  the same for every image of the batch; a pure function of `seed` (shape [2]). The order of
+  uniform draws, not a shuffle op: XLA compiles a sort, not StatelessShuffle."""
   ids = []
   for i, feature in enumerate(features):
     shape = tf.shape(feature)
-    positions = tf.range(shape[1] * shape[2])
-    shuffled = tf.random.experimental.stateless_shuffle(positions, seed + [0, i])
-    ids.append(shuffled[:num_patches])
+    draws = tf.random.stateless_uniform([shape[1] * shape[2]], seed + [0, i])
+    ids.append(tf.argsort(draws)[:num_patches])
   return ids
 
 

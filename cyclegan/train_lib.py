@@ -231,7 +231,7 @@ def _distributed_step(config, state, strategy):
   # every function it calls cost about a second of the first step.
   replica_fn = replica_step if config.model == "cycle_gan" else cut_replica_step
   if config.jit_compile:
-    replica_fn = tf.function(replica_step, jit_compile=True, reduce_retracing=True,
+    replica_fn = tf.function(replica_fn, jit_compile=True, reduce_retracing=True,
                              autograph=False)
 
   def train_step(batch):
