@@ -21,6 +21,7 @@ from cyclegan import any_size
 from cyclegan import cli
 from cyclegan import files
 from cyclegan import kernels
+from cyclegan import quiet
 
 # --formats name -> what ends the file name, after the model's base folder.
 SUFFIXES = {"tflite": "_fp32.tflite", "tflite_fp16": "_fp16.tflite",
@@ -148,9 +149,14 @@ class TFLiteRunner:
     self._interpreter = interpreter.Interpreter(model_path=path,
                                                 num_threads=threads or os.cpu_count())
     self._runner = self._interpreter.get_signature_runner(SIGNATURE)
+    self._called = False
 
   def __call__(self, images):
-    return self._runner(**{INPUT_NAME: images})[OUTPUT_NAME]
+    if self._called:
+      return self._runner(**{INPUT_NAME: images})[OUTPUT_NAME]
+    with quiet.litert_notices_hidden():  # LiteRT applies its delegate at the first call
+      self._called = True
+      return self._runner(**{INPUT_NAME: images})[OUTPUT_NAME]
 
 
 class OnnxRunner:

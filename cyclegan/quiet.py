@@ -17,6 +17,8 @@ import tempfile
 
 # Printed while `import tensorflow` runs, before TF's C++ logging reads TF_CPP_MIN_LOG_LEVEL.
 _IMPORT_NOTICES = re.compile(rb"absl::InitializeLog\(\)|\] oneDNN custom operations are on")
+# LiteRT's INFO line, printed whatever TF_CPP_MIN_LOG_LEVEL says.
+_LITERT_NOTICES = re.compile(rb"^INFO: Created TensorFlow Lite XNNPACK delegate")
 
 
 def is_command(orig_argv=None):
@@ -44,8 +46,8 @@ def tf_logs_wanted(verbosity):
 
 
 @contextlib.contextmanager
-def _import_notices_dropped():
-  """Drops the import-time notices from fd 2 (C++ writes there); every other line is kept."""
+def _dropped_from_stderr(notices):
+  """Drops the lines matching `notices` from fd 2 (C++ writes there); every other line is kept."""
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile() as captured:
@@ -57,7 +59,7 @@ def _import_notices_dropped():
       os.dup2(saved, 2)
       os.close(saved)
       captured.seek(0)
-      kept = b"".join(line for line in captured if not _IMPORT_NOTICES.search(line))
+      kept = b"".join(line for line in captured if not notices.search(line))
       if kept:
         os.write(2, kept)
 
@@ -68,8 +70,16 @@ def before_tensorflow():
     return
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   if importlib.util.find_spec("tensorflow") is not None:
-    with _import_notices_dropped():
+    with _dropped_from_stderr(_IMPORT_NOTICES):
       import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+
+
+def litert_notices_hidden():
+  """A block in which LiteRT's INFO line is dropped where TF's own INFO is hidden (a command
+  not asked for it, or TF_CPP_MIN_LOG_LEVEL 1 and up)."""
+  if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") == "0":
+    return contextlib.nullcontext()
+  return _dropped_from_stderr(_LITERT_NOTICES)
 
 
 class _NotTensorFlowInfo(logging.Filter):
