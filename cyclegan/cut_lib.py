@@ -23,14 +23,9 @@ def build_networks(config):
   config.precision (resolved). The heads are built from the encoder layers' widths before the
   first step (the authors' at it, from the same widths), so that a checkpoint holds them."""
   dtype = models.POLICIES[config.precision]
-  if config.antialias:
-    generator = cut_models.cut_generator(config.ngf, config.n_blocks, "generator_a2b", dtype)
-    discriminator = cut_models.cut_discriminator(config.ndf, config.n_layers_d,
-                                                 "discriminator_b", dtype)
-  else:
-    generator = models.resnet_generator(config.ngf, config.n_blocks, "generator_a2b", dtype)
-    discriminator = models.patch_discriminator(config.ndf, config.n_layers_d, "discriminator_b",
-                                               dtype)
+  build_generator, build_discriminator = cut_models.networks(config.antialias)
+  generator = build_generator(config.ngf, config.n_blocks, "generator_a2b", dtype)
+  discriminator = build_discriminator(config.ndf, config.n_layers_d, "discriminator_b", dtype)
   cut_models.xavier_init(generator, config.seed)
   cut_models.xavier_init(discriminator, config.seed + 1)
   heads = patch_nce.PatchHeads(HEAD_UNITS, seed=config.seed + 2, name="patch_heads", dtype=dtype)

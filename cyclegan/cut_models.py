@@ -108,6 +108,14 @@ def cut_discriminator(ndf=64, n_layers=3, name="discriminator", dtype="float32")
   return keras.Model(inputs, outputs, name=name)
 
 
+def networks(antialias):
+  """(generator, discriminator) builders of a CUT run: the anti-aliased ones, or with
+  --noantialias CycleGAN's (models.py)."""
+  if antialias:
+    return cut_generator, cut_discriminator
+  return models.resnet_generator, models.patch_discriminator
+
+
 def sequential_layers(generator):
   """Our layers whose outputs are the reference nn.Sequential's module outputs, index for
   index: PyTorch folds zero padding into its convolutions, and a residual block is one module

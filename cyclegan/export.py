@@ -200,8 +200,8 @@ def restore_generators(workdir):
   checkpoint_path = workdir_lib.latest_checkpoint(workdir)
   if not checkpoint_path:
     raise FileNotFoundError(f"no checkpoint in {workdir_lib.checkpoint_dir(workdir)}: train first")
-  build = (cut_models.cut_generator if config.model != "cycle_gan" and config.antialias else
-           models.resnet_generator)
+  build = (models.resnet_generator if config.model == "cycle_gan" else
+           cut_models.networks(config.antialias)[0])
   generators = {name: build(config.ngf, config.n_blocks, name=name)
                 for name in directions(config).values()}
   status = tf.train.Checkpoint(**generators).restore(checkpoint_path).expect_partial()

@@ -186,15 +186,19 @@ def _distributed_step(config, state, strategy):
     # tf.nn.compute_average_loss's arithmetic without its 15 ops of argument checks per loss.
     return tf.reduce_sum(per_example) / global_batch
 
+  def replica_seed(step):
+    """This step's and replica's seed: the randomness of a step, whatever the device count."""
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    return tf.random.experimental.stateless_fold_in(
+        tf.stack([tf.constant(config.seed, tf.int64), step]), replica)
+
   if config.model != "cycle_gan":
     encoder = cut_models.nce_encoder(state.models["generator_a2b"])
 
   def cut_replica_step(batch, step):
-    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-    seed = tf.random.experimental.stateless_fold_in(
-        tf.stack([tf.constant(config.seed, tf.int64), step]), replica)
     return cut_lib.replica_step(config, state.models, encoder, state.optimizer_g,
-                                state.optimizer_d, batch["a"], batch["b"], seed, global_batch)
+                                state.optimizer_d, batch["a"], batch["b"], replica_seed(step),
+                                global_batch)
 
   def replica_step(batch, step):
     real_a, real_b = batch["a"], batch["b"]
@@ -204,9 +208,7 @@ def _distributed_step(config, state, strategy):
       scaled_g_loss = state.optimizer_g.scale_loss(g_loss)
     _minimize(state.optimizer_g, tape, scaled_g_loss, state.generator_variables)
 
-    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-    seed = tf.random.experimental.stateless_fold_in(
-        tf.stack([tf.constant(config.seed, tf.int64), step]), replica)
+    seed = replica_seed(step)
     pooled_b = state.pool_b.query(fake_b, tf.random.experimental.stateless_fold_in(seed, 0))
     pooled_a = state.pool_a.query(fake_a, tf.random.experimental.stateless_fold_in(seed, 1))
     # training=True: the same numbers, and the training routes of models.Conv2D.
