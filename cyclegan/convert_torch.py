@@ -1,18 +1,21 @@
-"""Import a PyTorch CycleGAN generator checkpoint (a state dict) as a SavedModel.
+"""Import a PyTorch CycleGAN or CUT generator checkpoint (a state dict) as a SavedModel.
 
   pip install -e ".[torch]"
   python -m cyclegan.convert_torch style_monet.pth --export_dir saved_models/style_monet
 
 Reads the reference's ResnetGenerator state dict (`latest_net_G_A.pth`, `style_monet.pth`, ...)
-with torch.load(weights_only=True), which never unpickles arbitrary objects, checks every key
-and shape, and writes DIR/<version>/ with the same signatures as a trained export.
+or CUT's (`latest_net_G.pth`) with torch.load(weights_only=True), which never unpickles
+arbitrary objects, checks every key and shape, and writes DIR/<version>/ with the same
+signatures as a trained export.
 """
 
 import re
 
+import numpy as np
 from absl import flags, logging
 
 from cyclegan import cli
+from cyclegan import cut_models
 from cyclegan import export
 from cyclegan import models
 from cyclegan import portable
@@ -48,38 +51,66 @@ def _describe(keys, limit=6):
   return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
+def _blur_filters(first_block, n_blocks):
+  """{key: the filter CUT's layer at that key holds}: its anti-aliased Downsample (3x3
+  binomial) after each down convolution and Upsample (4x4 binomial, x4) before each up one."""
+  after = first_block + n_blocks
+  down, up = (np.outer(cut_models.binomial(n), cut_models.binomial(n)) for n in (3, 4))
+  return {"model.7.filt": down, "model.11.filt": down, f"model.{after}.filt": 4 * up,
+          f"model.{after + 4}.filt": 4 * up}
+
+
 def generator_layers(state):
-  """(ngf, n_blocks, {our layer name: pytorch key prefix})."""
+  """(builder, ngf, n_blocks, {our layer name: pytorch key prefix}): CycleGAN's ResNet
+  generator (models.resnet_generator), or CUT's anti-aliased one (cut_models.cut_generator),
+  told apart by CUT's blur filters, stored as `filt` buffers."""
   keys = {k for k in state if not k.endswith(IGNORED_SUFFIXES)}
   if "model.0.weight" in keys and state["model.0.weight"].shape[-1] == 4:
     raise ConversionError("this is a PatchGAN discriminator checkpoint (model.0 is a 4x4 conv): "
                           "convert a generator (e.g. latest_net_G_A.pth)")
   if "model.1.weight" not in keys:
     raise ConversionError(f"not a ResNet generator state dict: no model.1.weight; found {_describe(keys)}")
+  antialiased = "model.7.filt" in keys
+  first = 12 if antialiased else 10
   blocks = sorted({int(m.group(1)) for k in keys if (m := re.match(r"model\.(\d+)\.conv_block\.", k))})
   n_blocks = len(blocks)
-  if n_blocks == 0 or blocks != list(range(10, 10 + n_blocks)):
-    raise ConversionError(f"residual blocks must be model.10 onwards; found {blocks or 'none'}")
-  second = 6 if any(k.startswith("model.10.conv_block.6.") for k in keys) else 5  # dropout layout
-  layers = {"stem_conv": "model.1", "down0_conv": "model.4", "down1_conv": "model.7",
-            "up0_deconv": f"model.{10 + n_blocks}", "up1_deconv": f"model.{13 + n_blocks}",
-            "head_conv": f"model.{17 + n_blocks}"}
+  if n_blocks == 0 or blocks != list(range(first, first + n_blocks)):
+    raise ConversionError(f"residual blocks must be model.{first} onwards; found {blocks or 'none'}")
+  second = 6 if any(k.startswith(f"model.{first}.conv_block.6.") for k in keys) else 5  # dropout
+  after = first + n_blocks
+  if antialiased:
+    layers = {"stem_conv": "model.1", "down0_conv": "model.4", "down1_conv": "model.8",
+              "up0_conv": f"model.{after + 1}", "up1_conv": f"model.{after + 5}",
+              "head_conv": f"model.{after + 9}"}
+    filters = _blur_filters(first, n_blocks)
+  else:
+    layers = {"stem_conv": "model.1", "down0_conv": "model.4", "down1_conv": "model.7",
+              "up0_deconv": f"model.{after}", "up1_deconv": f"model.{after + 3}",
+              "head_conv": f"model.{after + 7}"}
+    filters = {}
   for i in range(n_blocks):
-    layers[f"block{i}_conv1"] = f"model.{10 + i}.conv_block.1"
-    layers[f"block{i}_conv2"] = f"model.{10 + i}.conv_block.{second}"
+    layers[f"block{i}_conv1"] = f"model.{first + i}.conv_block.1"
+    layers[f"block{i}_conv2"] = f"model.{first + i}.conv_block.{second}"
+  kind = f"{n_blocks}-block {'CUT ' if antialiased else ''}generator"
   expected = {f"{prefix}.{p}" for prefix in layers.values() for p in ("weight", "bias")}
+  expected |= set(filters)
   if keys - expected:
-    raise ConversionError(f"unexpected keys for a {n_blocks}-block generator: {_describe(keys - expected)}")
+    raise ConversionError(f"unexpected keys for a {kind}: {_describe(keys - expected)}")
   if expected - keys:
-    raise ConversionError(f"missing keys for a {n_blocks}-block generator: {_describe(expected - keys)}")
+    raise ConversionError(f"missing keys for a {kind}: {_describe(expected - keys)}")
+  for key, blur in filters.items():
+    if not (state[key].shape[1:] == (1, *blur.shape) and np.allclose(state[key], blur, atol=1e-6)):
+      raise ConversionError(f"{key} is not CUT's binomial blur filter of its size: this layout "
+                            "is not one this converter knows")
   ngf = state["model.1.weight"].shape[0]
-  return ngf, n_blocks, layers
+  build = cut_models.cut_generator if antialiased else models.resnet_generator
+  return build, ngf, n_blocks, layers
 
 
 def to_keras(state):
   """A float32 Keras generator carrying the checkpoint's weights."""
-  ngf, n_blocks, layers = generator_layers(state)
-  generator = models.resnet_generator(ngf, n_blocks)
+  build, ngf, n_blocks, layers = generator_layers(state)
+  generator = build(ngf, n_blocks)
   for name, prefix in layers.items():
     layer = generator.get_layer(name)
     # Conv (out, in, kh, kw) and ConvTranspose (in, out, kh, kw) both map by (2, 3, 1, 0).

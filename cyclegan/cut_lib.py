@@ -7,6 +7,9 @@ what its input had (and with NCE identity, B through the generator keeps B). Los
 example, divided by the global batch, as in train_lib.
 """
 
+from typing import NamedTuple
+
+import keras
 import tensorflow as tf
 
 from cyclegan import cut_models
@@ -33,12 +36,24 @@ def build_networks(config):
   return {"generator_a2b": generator, "discriminator_b": discriminator, "patch_heads": heads}
 
 
-def replica_step(config, networks, encoder, optimizer_g, optimizer_d, real_a, real_b, seed,
+class Encoders(NamedTuple):
+  """The generator's PatchNCE features of an image (`features`, for the translations), and
+  the generator returning them beside its translation (`translate_with_features`): keys of
+  the images it translates come out of that pass."""
+  features: keras.Model
+  translate_with_features: keras.Model
+
+
+def build_encoders(generator):
+  return Encoders(cut_models.nce_encoder(generator), cut_models.with_nce_features(generator))
+
+
+def replica_step(config, networks, encoders, optimizer_g, optimizer_d, real_a, real_b, seed,
                  global_batch, patch_ids=None, flipped=None):
   """One iteration on one replica's batch; returns the global mean of each loss.
 
-  encoder: cut_models.nce_encoder of the generator. seed: [2] int, this step's and replica's;
-  it draws FastCUT's coin and the patches. patch_ids and flipped replace those draws (tests):
+  encoders: build_encoders(generator). seed: [2] int, this step's and replica's; it draws
+  FastCUT's coin and the patches. patch_ids and flipped replace those draws (tests):
   ([ids per layer] for A's PatchNCE, [ids per layer] for B's) and a bool.
   """
   generator, discriminator = networks["generator_a2b"], networks["discriminator_b"]
@@ -49,14 +64,19 @@ def replica_step(config, networks, encoder, optimizer_g, optimizer_d, real_a, re
   flipped = False if flipped is None else flipped
   nce_seeds = [tf.random.experimental.stateless_fold_in(seed, i) for i in (1, 2)]
   ids = patch_ids or (None, None)
-  nce = lambda i, source, translated: patch_nce.nce_loss(
-      encoder, networks["patch_heads"], source, translated, nce_seeds[i], config.lambda_nce,
-      flipped, config.num_patches, ids[i])
+  nce = lambda i, source, translated, keys: patch_nce.nce_loss(
+      encoders.features, networks["patch_heads"], source, translated, nce_seeds[i],
+      config.lambda_nce, flipped, config.num_patches, ids[i], keys)
 
   batch = tf.shape(real_a)[0]
   with tf.GradientTape() as g_tape:
     real = tf.concat([real_a, real_b], 0) if config.nce_idt else real_a
-    fake = generator(patch_nce.mirrored_if(flipped, real), training=True)
+    if config.flip_equivariance:  # G may see the images mirrored: their keys need a pass
+      fake, keys = generator(patch_nce.mirrored_if(flipped, real), training=True), None
+    else:
+      fake, *keys = encoders.translate_with_features(real, training=True)
+    keys_of = lambda part: None if keys is None else [
+        k[:batch] if part == 0 else k[batch:] for k in keys]
     fake_b = fake[:batch]
     with g_tape.stop_recording(), tf.GradientTape() as d_tape:
       d_loss = average(losses.discriminator_loss(
@@ -67,10 +87,10 @@ def replica_step(config, networks, encoder, optimizer_g, optimizer_d, real_a, re
     optimizer_d.apply(d_tape.gradient(scaled_d_loss, d_variables), d_variables)
     terms = {"g_gan": losses.adversarial_loss(discriminator(fake_b, training=True), True,
                                               config.gan_mode),
-             "nce": nce(0, real_a, fake_b)}
+             "nce": nce(0, real_a, fake_b, keys_of(0))}
     nce_both = terms["nce"]
     if config.nce_idt:
-      terms["nce_y"] = nce(1, real_b, fake[batch:])
+      terms["nce_y"] = nce(1, real_b, fake[batch:], keys_of(1))
       nce_both = (terms["nce"] + terms["nce_y"]) * 0.5
     g_loss = average(terms["g_gan"] + nce_both)
     scaled_g_loss = optimizer_g.scale_loss(g_loss)

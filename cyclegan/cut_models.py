@@ -20,7 +20,7 @@ from cyclegan import models
 NCE_LAYERS = (0, 4, 8, 12, 16)
 
 
-def _binomial(taps):
+def binomial(taps):
   """The 1-D binomial blur (Pascal's row), summing to 1; the 2-D blur is its outer square."""
   row = np.array([math.comb(taps - 1, i) for i in range(taps)], np.float64)
   return row / row.sum()
@@ -33,7 +33,7 @@ class BlurDownsample(keras.layers.Layer):
 
   def call(self, x):
     channels = x.shape[-1]
-    blur = np.outer(_binomial(3), _binomial(3))[:, :, None, None]
+    blur = np.outer(binomial(3), binomial(3))[:, :, None, None]
     blur = tf.constant(np.tile(blur, [1, 1, channels, 1]), x.dtype)
     x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
     return tf.nn.depthwise_conv2d(x, blur, [1, 2, 2, 1], "VALID")
@@ -130,6 +130,14 @@ def nce_encoder(generator, layers=NCE_LAYERS):
   chosen = sequential_layers(generator)
   return keras.Model(generator.input, [chosen[i].output for i in layers],
                      name=f"{generator.name}_encoder")
+
+
+def with_nce_features(generator, layers=NCE_LAYERS):
+  """The generator as a model that also returns PatchNCE's features of its input: the pass
+  that translates an image computes them too, so they need no pass of their own."""
+  chosen = sequential_layers(generator)
+  return keras.Model(generator.input, [generator.output] + [chosen[i].output for i in layers],
+                     name=f"{generator.name}_with_features")
 
 
 def xavier_init(model, seed, gain=0.02):

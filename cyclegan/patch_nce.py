@@ -91,13 +91,14 @@ def mirrored_if(flipped, x):
 
 
 def nce_loss(encoder, heads, source, translated, seed, lambda_nce=1.0, flipped=False,
-             num_patches=NUM_PATCHES, patch_ids=None):
+             num_patches=NUM_PATCHES, patch_ids=None, keys=None):
   """lambda_nce x PatchNCE per image, averaged over the encoder's layers: the queries from
   `translated`, the keys from its `source`. flipped: `translated` is of the source flipped
   left-right (FastCUT's equivariance), so its features are flipped back first. patch_ids:
-  positions per layer, instead of drawing them from `seed`."""
+  positions per layer, instead of drawing them from `seed`. keys: the encoder's features of
+  `source` where the caller has them already."""
   queries = [mirrored_if(flipped, q) for q in encoder(translated, training=True)]
-  keys = encoder(source, training=True)
+  keys = encoder(source, training=True) if keys is None else keys
   ids = patch_ids if patch_ids is not None else sample_patch_ids(keys, seed, num_patches)
   key_samples, query_samples = heads(keys, ids), heads(queries, ids)
   batch_size = tf.shape(source)[0]

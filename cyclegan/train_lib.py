@@ -193,10 +193,10 @@ def _distributed_step(config, state, strategy):
         tf.stack([tf.constant(config.seed, tf.int64), step]), replica)
 
   if config.model != "cycle_gan":
-    encoder = cut_models.nce_encoder(state.models["generator_a2b"])
+    encoders = cut_lib.build_encoders(state.models["generator_a2b"])
 
   def cut_replica_step(batch, step):
-    return cut_lib.replica_step(config, state.models, encoder, state.optimizer_g,
+    return cut_lib.replica_step(config, state.models, encoders, state.optimizer_g,
                                 state.optimizer_d, batch["a"], batch["b"], replica_seed(step),
                                 global_batch)
 
@@ -378,6 +378,9 @@ def _init_generators(config, state):
     if not path:
       continue
     source = convert_torch.load_generator(path)
+    if any(isinstance(layer, cut_models.BlurDownsample) for layer in source.layers):
+      raise config_lib.ConfigError(f"{path} is a CUT generator (anti-aliased); --init_a2b "
+                                   "and --init_b2a take CycleGAN's generators")
     target = state.models[name]
     if [w.shape for w in source.weights] != [w.shape for w in target.weights]:
       blocks = sum(layer.name.endswith("_conv1") for layer in source.layers)

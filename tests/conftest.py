@@ -1,6 +1,7 @@
 """Shared fixtures: two logical CPUs (for strategy tests), the tiny test model, and photos made
 from the built-in scenes (tests run without ../shared/data)."""
 
+import functools
 import importlib.util
 import os
 import pathlib
@@ -19,7 +20,7 @@ tf.config.set_logical_device_configuration(
     [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
 
 from cyclegan import config as config_lib  # noqa: E402
-from cyclegan import export, models, synthetic  # noqa: E402
+from cyclegan import cut_models, export, models, synthetic  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -56,8 +57,10 @@ def photo(height, width, seed=0):
   return np.clip(scene + grain, 0, 255).round().astype(np.uint8)
 
 
+@functools.cache
 def load_tool(name):
-  """A script from tools/ as a module (tools/ is not a package)."""
+  """A script from tools/ as a module (tools/ is not a package), loaded once: a second
+  load would define its absl flags again."""
   spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -69,6 +72,15 @@ def full_size_export(tmp_path_factory):
   """The reference-size generator (ngf 64, 9 blocks) at its N(0, 0.02) init, exported once."""
   keras.utils.set_random_seed(0)
   return export.save(models.resnet_generator(64, 9), str(tmp_path_factory.mktemp("full") / "a2b"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cut_export(tmp_path_factory):
+  """A tiny CUT generator (anti-aliased, ngf 4, one block) at its init, exported as a CUT run
+  exports: <export>/a2b/1 alone."""
+  keras.utils.set_random_seed(0)
+  base = tmp_path_factory.mktemp("cut") / "export" / "a2b"
+  return export.save(cut_models.cut_generator(ngf=4, n_blocks=1), str(base))
 
 
 @pytest.fixture

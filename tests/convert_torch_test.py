@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 from conftest import REPO, load_tool, photo, tiny_config
 
 torch = pytest.importorskip("torch", reason="PyTorch is the optional [torch] extra")
@@ -20,10 +21,11 @@ from cyclegan.config import ConfigError  # noqa: E402
 torch_reference = load_tool("torch_reference")
 
 
-def _state_dict(ngf=64, n_blocks=9, use_dropout=False, seed=0):
-  """A reference-layout generator with PyTorch's default random init, keyed model.N..."""
+def _state_dict(ngf=64, n_blocks=9, use_dropout=False, seed=0, antialias=False):
+  """A reference-layout generator with PyTorch's default random init, keyed model.N...;
+  antialias: CUT's generator, in its authors' layout."""
   torch.manual_seed(seed)
-  net = torch_reference.resnet_generator(ngf, n_blocks, use_dropout).eval()
+  net = torch_reference.resnet_generator(ngf, n_blocks, use_dropout, antialias).eval()
   return net, {f"model.{k}": v for k, v in net.state_dict().items()}
 
 
@@ -46,7 +48,7 @@ def _torch_translate(net, x):
   return out[:, pads[2]:pads[2] + height, pads[0]:pads[0] + width]
 
 
-@pytest.mark.parametrize("height,width", [(256, 256), (200, 300), (201, 302)])
+@pytest.mark.parametrize("height,width", [(200, 300), (201, 302)])
 def test_converted_savedmodel_matches_pytorch_on_a_photo(tmp_path, height, width):
   net, state = _state_dict()
   path = convert_torch.convert(_save(tmp_path, state), str(tmp_path / "export"))
@@ -55,6 +57,35 @@ def test_converted_savedmodel_matches_pytorch_on_a_photo(tmp_path, height, width
   want = _torch_translate(net, x)
   assert got.shape == want.shape
   assert np.abs(got.numpy() - want).max() <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def cut_conversion(tmp_path_factory):
+  """(PyTorch net, loaded export) of a full-size CUT generator, converted once."""
+  net, state = _state_dict(antialias=True)
+  blurs = sorted(int(k.split(".")[1]) for k in state if k.endswith(".filt"))
+  assert len(state) == 52 and blurs == [7, 11, 21, 25]  # the authors' layout, as the issue has it
+  tmp = tmp_path_factory.mktemp("cut")
+  return net, tf.saved_model.load(convert_torch.convert(_save(tmp, state), str(tmp / "export")))
+
+
+def _real_photo(shared_data):
+  with Image.open(sorted((shared_data / "horse2zebra" / "testA").glob("*.jpg"))[0]) as image:
+    return np.asarray(image.convert("RGB"))
+
+
+@pytest.mark.parametrize("source", ["real photo", "odd size"])
+def test_a_cut_generator_matches_pytorch_within_a_grey_level(cut_conversion, source, request):
+  """Measured: max 1 level (float rounding at x.5), on a horse and on 201x302."""
+  net, loaded = cut_conversion
+  rgb = _real_photo(request.getfixturevalue("shared_data")) if source == "real photo" else \
+      photo(201, 302, seed=3)
+  got = loaded.signatures["translate_uint8"](images=tf.constant(rgb[None]))["images"].numpy()
+  want = _torch_translate(net, rgb[None].astype(np.float32) / 127.5 - 1)
+  want = np.clip(np.round((want + 1) * 127.5), 0, 255)
+  assert got.shape == rgb[None].shape
+  assert np.abs(got.astype(int) - want).max() <= 1
+  assert want.std() > 10  # a picture, not a flat answer: the test can fail
 
 
 def test_six_blocks_dropout_layout_and_stray_running_stats(tmp_path):
@@ -69,10 +100,14 @@ def test_six_blocks_dropout_layout_and_stray_running_stats(tmp_path):
 
 def test_refuses_what_is_not_a_generator_state_dict(tmp_path):
   _, state = _state_dict(ngf=4, n_blocks=2)
+  _, cut_state = _state_dict(ngf=4, n_blocks=5, antialias=True)
   cases = {
       "missing keys": {k: v for k, v in state.items() if "model.4." not in k},
       "unexpected keys": {**state, "model.99.weight": torch.zeros(1)},
       "does not fit": {**state, "model.4.weight": torch.zeros(8, 3, 3, 3)},
+      "not CUT's binomial blur": {**cut_state, "model.11.filt": cut_state["model.11.filt"] * 2},
+      "missing keys for a 5-block CUT generator": {
+          k: v for k, v in cut_state.items() if k != "model.21.filt"},
       "discriminator": {"model.0.weight": torch.zeros(64, 3, 4, 4), "model.0.bias": torch.zeros(64)},
       "not a ResNet generator": {"fc.weight": torch.zeros(2, 2)},
       "not a state dict": [torch.zeros(1)],
@@ -126,3 +161,7 @@ def test_training_starts_from_pytorch_generators(tmp_path):
   np.testing.assert_allclose(got["images"].numpy(), _torch_translate(net, x), atol=1e-5)
   with pytest.raises(ConfigError, match="ngf=4, n_blocks=1; this run builds ngf=8"):
     train_lib.train(tiny_config(tmp_path / "other", init_b2a=config.init_a2b, ngf=8, max_steps=1))
+  _, cut_state = _state_dict(ngf=4, n_blocks=1, antialias=True)
+  with pytest.raises(ConfigError, match="is a CUT generator"):
+    train_lib.train(tiny_config(tmp_path / "cut", init_a2b=_save(tmp_path, cut_state, "G.pth"),
+                                max_steps=1))

@@ -102,9 +102,9 @@ def one_iteration(config, flipped=False):
 
   exact = reference(torch.float64)
   torch32 = reference(torch.float32)
-  encoder = cut_models.nce_encoder(networks["generator_a2b"])
+  encoders = cut_lib.build_encoders(networks["generator_a2b"])
   step = tf.function(lambda a, b: cut_lib.replica_step(
-      config, networks, encoder, *optimizers, a, b, tf.constant([0, 0]), 1,
+      config, networks, encoders, *optimizers, a, b, tf.constant([0, 0]), 1,
       patch_ids=[[tf.constant(i) for i in ids] for ids in patch_ids], flipped=flipped))
   losses = {k: float(v) for k, v in step(tf.constant(real_a), tf.constant(real_b)).items()}
   ours = {name: [w - b for w, b in zip(_weights(networks, name), before[name])]

@@ -99,6 +99,16 @@ def test_every_format_matches_the_savedmodel_in_its_runtime(tiny_export):
   assert min(c.psnr for c in found["tflite_int8"]) >= 30, found["tflite_int8"]
 
 
+def test_cut_exports_convert_and_match(tiny_cut_export):
+  """CUT's blur layers (reflect-padded depthwise blur, bilinear upsampling) in LiteRT and ONNX
+  Runtime; converted in-process, as the command does."""
+  base = os.path.dirname(tiny_cut_export)
+  export.write_formats(tiny_cut_export, ["tflite", "onnx"], None)
+  found = checks(base, ["tflite", "onnx"], PHOTOS)
+  for fmt in ("tflite", "onnx"):
+    assert max(c.max_diff for c in found[fmt]) <= 1, found[fmt]
+
+
 def test_full_size_generator(full_size_export):
   """ngf 64, 9 blocks at its random init, the worst case for int8 (measured 28.6-31.2 dB, mean
   30.0; after 300 training steps 38.5-40.1 dB, docs/performance.md). fp32 files: measured max 1."""

@@ -87,8 +87,9 @@ def grpc_port():
 
 
 @pytest.fixture(scope="module")
-def server(export_dir, grpc_port):
-  args = ["--model_dir", str(export_dir), "--max_body_mb", "1", "--max_pixels", str(MAX_PIXELS),
+def server(export_dir, grpc_port, tiny_cut_export):
+  args = ["--model_dir", str(export_dir), "--model", f"cut={os.path.dirname(tiny_cut_export)}",
+          "--max_body_mb", "1", "--max_pixels", str(MAX_PIXELS),
           "--tile", str(TILE), "--max_translate_pixels", str(MAX_TRANSLATE_PIXELS),
           "--body_timeout", "2", "--idle_timeout", "2", "--precision", "fp32"]
   try:
@@ -135,6 +136,24 @@ def test_starts_on_loopback_with_both_directions(server):
   assert server.url.startswith("http://127.0.0.1:")
   assert any(line.startswith("serving a2b (version 1") for line in server.lines)
   assert any(line.startswith("serving b2a (version 1") for line in server.lines)
+  assert any(line.startswith("serving cut (version 1") for line in server.lines)
+
+
+def test_a_cut_export_predicts_and_translates_in_tiles(client, tiny_cut_export):
+  """CUT's blur layers through :predict, and through :translate's tiled statistics passes."""
+  loaded = tf.saved_model.load(tiny_cut_export)
+  small = _encode(_image(11, 21, 30))
+  response = client.post("/v1/models/cut:predict", json={"instances": [_b64(small)]})
+  assert response.status_code == 200, response.text
+  png = base64.b64decode(response.json()["predictions"][0]["translated_bytes"]["b64"])
+  assert png == loaded.signatures["serving_default"](image_bytes=tf.constant([small]))[
+      "translated_bytes"].numpy()[0]
+  rgb = _image(12, 401, 301)  # over TILE^2 pixels: tiled
+  response = client.post("/v1/models/cut:translate", content=_encode(rgb))
+  assert response.status_code == 200, response.text
+  want = tiling.SharedStatistics(export.generator_of(loaded))(rgb, TILE).astype(int)
+  got = _decode(response.content).astype(int)
+  assert got.shape == rgb.shape and np.abs(got - want).max() <= 1
 
 
 def test_predict_row_and_columnar_equal_the_savedmodel(client, saved):
@@ -393,7 +412,7 @@ def test_page_in_headless_chromium(server, saved, tmp_path):
   try:
     browser.get(server.url + "/")
     models_listed = [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#model option")]
-    assert models_listed == ["a2b", "b2a"]
+    assert models_listed == ["a2b", "b2a", "cut"]
     browser.find_element(By.ID, "file").send_keys(str(photo))
     WebDriverWait(browser, 60).until(
         lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-state") in

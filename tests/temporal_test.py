@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from cyclegan import any_size
+from cyclegan import cut_models
 from cyclegan import export
 from cyclegan import models
 from cyclegan import synthetic
@@ -15,10 +16,11 @@ from cyclegan import translate
 from conftest import load_tool
 
 
-@pytest.fixture(scope="module")
-def generator():
+@pytest.fixture(scope="module", params=["cycle_gan", "cut"])
+def generator(request):
   keras.utils.set_random_seed(2)
-  return models.resnet_generator(ngf=8, n_blocks=2)
+  build = cut_models.cut_generator if request.param == "cut" else models.resnet_generator
+  return build(ngf=8, n_blocks=2)
 
 
 def pan(frames=8, step=3, side=64, seed=4):

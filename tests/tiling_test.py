@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from cyclegan import any_size
+from cyclegan import cut_models
 from cyclegan import models
 from cyclegan import synthetic
 from cyclegan import tiling
@@ -25,10 +26,12 @@ def test_cores_partition_the_axis_on_the_stride_grid(length, tile, halo):
       assert following[2] == core_stop
 
 
-@pytest.fixture(scope="module")
-def generator():
+@pytest.fixture(scope="module", params=["cycle_gan", "cut"])
+def generator(request):
+  """CycleGAN's generator, and CUT's, whose blur layers the statistics passes go through."""
   keras.utils.set_random_seed(1)
-  return models.resnet_generator(ngf=8, n_blocks=2)
+  build = cut_models.cut_generator if request.param == "cut" else models.resnet_generator
+  return build(ngf=8, n_blocks=2)
 
 
 def mosaic(side=256):
@@ -79,13 +82,16 @@ def test_with_every_statistic_exact_tiles_equal_the_whole_image(generator, mosai
 
 
 def test_default_statistics_are_far_closer_than_each_tiles_own(generator, mosaic_and_whole):
-  """Exact first three norms, the rest from the 1/4-downscaled image. This random-init model
+  """Exact first three norms, the rest from the 1/4-downscaled image. A random-init model
   is the hard case (its statistics depend on scale; trained models much less, README):
-  measured mean 4.9 levels, p99 19, against 23 and 89 with each tile's own statistics."""
+  measured mean 4.9 levels, p99 19, against 23 and 89 with each tile's own statistics. CUT's
+  (stride-1 convolutions at full resolution) more so: mean 9.1 against 28.7, p99 34 against
+  109; the default CUT run's model on real photos: 0.76 against 17.1 (tools/tiling_table.py)."""
   image, whole, own_diff = mosaic_and_whole
   diff = np.abs(tiling.SharedStatistics(generator)(image, tile=128).astype(int) - whole)
-  assert diff.mean() < 0.3 * own_diff.mean()
-  assert np.percentile(diff, 99) < 0.3 * np.percentile(own_diff, 99)
+  bar = 0.4 if "up0_blur" in [layer.name for layer in generator.layers] else 0.3
+  assert diff.mean() < bar * own_diff.mean()
+  assert np.percentile(diff, 99) < bar * np.percentile(own_diff, 99)
 
 
 def test_odd_sizes_and_a_single_tile(generator):
