@@ -7,6 +7,7 @@ its flags in `define_flags()`, called only when it runs, so that its module can 
 
 import sys
 
+import tqdm
 from absl import app, flags
 
 from cyclegan import quiet
@@ -59,3 +60,9 @@ def no_arguments(argv):
   """Options are flags: stray positional arguments are a usage error."""
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; options are flags, see --help")
+
+
+def progress_bar(total, unit="img", desc=None, **options):
+  """Count, rate and ETA on stderr; on a terminal one updating line, else a line per 10 s."""
+  return tqdm.tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True,
+                   mininterval=0.1 if sys.stderr.isatty() else 10, **options)

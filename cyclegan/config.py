@@ -23,9 +23,9 @@ ARCHITECTURE_FIELDS = ("model", "ngf", "ndf", "n_blocks", "n_layers_d", "antiali
 # CUT's and FastCUT's recipes, as their authors' code sets them (Park et al., ECCV 2020).
 MODEL_DEFAULTS = {
     "cut": dict(epochs=200, epochs_decay=200, lambda_nce=1.0, nce_idt=True,
-                flip_equivariance=False, pool_size=0),
+                flip_equivariance=False, pool_size=0, jitter_in_decay=False),
     "fastcut": dict(epochs=150, epochs_decay=50, lambda_nce=10.0, nce_idt=False,
-                    flip_equivariance=True, pool_size=0),
+                    flip_equivariance=True, pool_size=0, jitter_in_decay=False),
 }
 
 
@@ -82,7 +82,7 @@ class Config:
   num_patches: int = _field(256, "CUT: positions sampled per layer for PatchNCE.")
   init_a2b: str = _field(
       "", "PyTorch reference generator (.pth state dict) to start generator_a2b from, for "
-      "fine-tuning; read only when the workdir has no checkpoint yet (needs the [torch] extra).")
+      "fine-tuning; read only when the workdir has no checkpoint yet.")
   init_b2a: str = _field("", "As --init_a2b, for generator_b2a.")
   # Optimisation.
   lr: float = _field(2e-4, "Initial Adam learning rate for both optimizers.")
@@ -91,6 +91,9 @@ class Config:
   adam_epsilon: float = _field(1e-8, "Adam epsilon (PyTorch's default, not Keras's 1e-7).")
   epochs: int = _field(100, "Epochs at the initial learning rate.")
   epochs_decay: int = _field(100, "Epochs of linear decay to zero after that.")
+  jitter_in_decay: bool = _field(True, "Random resize-and-crop jitter in the decay epochs too; "
+                                 "CUT's authors load at crop_size there (no jitter, flips "
+                                 "stay): false for --model cut and fastcut.")
   batch_size: int = _field(1, "Global batch size, split across replicas.")
   seed: int = _field(0, "Seed of all randomness: data order, crops, flips, init, image pool.")
   # Runtime.

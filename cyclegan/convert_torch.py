@@ -1,12 +1,11 @@
 """Import a PyTorch CycleGAN or CUT generator checkpoint (a state dict) as a SavedModel.
 
-  pip install -e ".[torch]"
   python -m cyclegan.convert_torch style_monet.pth --export_dir saved_models/style_monet
 
 Reads the reference's ResnetGenerator state dict (`latest_net_G_A.pth`, `style_monet.pth`, ...)
-or CUT's (`latest_net_G.pth`) with torch.load(weights_only=True), which never unpickles
-arbitrary objects, checks every key and shape, and writes DIR/<version>/ with the same
-signatures as a trained export.
+or CUT's (`latest_net_G.pth`) without PyTorch (pth_reader, which runs no code from the file),
+checks every key and shape, and writes DIR/<version>/ with the same signatures as a trained
+export.
 """
 
 import re
@@ -19,6 +18,7 @@ from cyclegan import cut_models
 from cyclegan import export
 from cyclegan import models
 from cyclegan import portable
+from cyclegan import pth_reader
 
 IGNORED_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
 
@@ -27,23 +27,18 @@ class ConversionError(cli.UserError, ValueError):
   """A checkpoint that is not a reference generator; the message says what was found."""
 
 
-def load_state_dict(path):
-  """{key: float32 numpy array} from a .pth file, refusing pickled objects."""
+def load_state_dict(path, data=None):
+  """{key: float32 numpy array} from a .pth file (or its bytes, `data`, named `path` in
+  errors), read without PyTorch (pth_reader), so that no code in the file runs."""
   try:
-    import torch
-  except ImportError as e:
-    raise ConversionError("PyTorch is needed to read .pth files: pip install -e '.[torch]'") from e
-  try:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = pth_reader.load(path if data is None else data)
   except FileNotFoundError as e:
     raise ConversionError(f"{path} does not exist") from e
-  except Exception as e:  # torch raises many types for corrupt or unsafe files.
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ConversionError(f"{path} is not a readable PyTorch state dict ({reason[:200]})") from e
-  if not isinstance(state, dict) or not all(
-      isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-    raise ConversionError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
-  return {re.sub(r"^module\.", "", k): v.detach().float().numpy() for k, v in state.items()}
+  except IsADirectoryError as e:
+    raise ConversionError(f"{path} is a folder, not a .pth file") from e
+  except pth_reader.PthError as e:
+    raise ConversionError(f"{path}: {e}") from e
+  return {re.sub(r"^module\.", "", k): v.astype(np.float32) for k, v in state.items()}
 
 
 def _describe(keys, limit=6):

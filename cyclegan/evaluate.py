@@ -23,7 +23,8 @@ from cyclegan import translate
 
 def define_flags():
   """Flags are defined by the command only, so that other modules can import this one."""
-  flags.DEFINE_string("model", None, "An exported direction (base path or version folder).")
+  flags.DEFINE_string("model", None, "An exported direction (base path or version folder), or "
+                      "a published model's name.")
   flags.DEFINE_string("dataset", config_lib.SYNTHETIC, "Same forms as cyclegan.train --dataset.")
   flags.DEFINE_enum("split", "test", ["test", "train"], "Which split's A and B images to use.")
   flags.DEFINE_enum("direction", "auto", ["auto", "a2b", "b2a"],

@@ -120,7 +120,15 @@ def find_versions(base):
 
 
 def resolve_version(path):
-  """(SavedModel folder, version) for a base path (its highest version) or a version folder."""
+  """(SavedModel folder, version) for a base path (its highest version) or a version folder;
+  where no such path exists, a published model's name (fetched into the cache first)."""
+  if not os.path.exists(path) and os.sep not in path:
+    from cyclegan import pretrained  # pylint: disable=import-outside-toplevel  (it imports this)
+    if path in pretrained.PUBLISHED:
+      path = pretrained.ensure(path)
+    else:
+      raise FileNotFoundError(f"{path} is neither a folder nor a published model "
+                              f"({pretrained.names_line()})")
   path = os.path.normpath(path)
   if os.path.isfile(os.path.join(path, "saved_model.pb")):
     name = os.path.basename(path)
@@ -282,8 +290,8 @@ def define_flags():
   flags.DEFINE_string("workdir", None, "Training workdir with config.json and checkpoints/: "
                       "exports a2b/ and b2a/ SavedModels from its latest checkpoint.")
   flags.DEFINE_string("model", None, "Instead of --workdir: an existing export (its base path, "
-                      "saved_models/<name>/a2b, or a version folder) to convert to --formats "
-                      "(default all).")
+                      "saved_models/<name>/a2b, a version folder, or a published model's "
+                      "name) to convert to --formats (default all).")
   flags.DEFINE_string("export_dir", None,
                       "Where to write a2b/ and b2a/ (default: saved_models/<name>).")
   flags.DEFINE_integer("version", None, "Version folder to write (default: the next free number).")

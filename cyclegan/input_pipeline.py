@@ -192,11 +192,13 @@ def fixed_size(config):
   return "crop" in config.preprocess
 
 
-def resized_size(height, width, config):
-  """The size the reference resizes a training image to before cropping (int32 scalars)."""
-  load, crop = config.load_size, config.crop_size
+def resized_size(height, width, config, load_size=None):
+  """The size the reference resizes a training image to before cropping (int32 scalars);
+  load_size: instead of config.load_size (a scalar tensor)."""
+  load = config.load_size if load_size is None else load_size
+  crop = config.crop_size
   if config.preprocess == "resize_and_crop":
-    return tf.constant(load), tf.constant(load)
+    return tf.convert_to_tensor(load), tf.convert_to_tensor(load)
   if config.preprocess == "crop":  # No resize, unless smaller than the crop (the reference fails).
     scale = tf.maximum(1.0, crop / tf.cast(tf.minimum(height, width), tf.float64))
     grow = lambda n: tf.cast(tf.math.ceil(tf.cast(n, tf.float64) * scale), tf.int32)
@@ -223,8 +225,9 @@ def augmentation(seed, height, width, config):
   return draw(0, height - config.crop_size + 1), draw(1, width - config.crop_size + 1), flip
 
 
-def preprocess_train(image, config, seed):
-  """uint8 [H, W, 3] -> float32 in [-1, 1], as the reference's transforms; seed: int32 [2].
+def preprocess_train(image, config, seed, load_size=None):
+  """uint8 [H, W, 3] -> float32 in [-1, 1], as the reference's transforms; seed: int32 [2];
+  load_size: instead of config.load_size.
 
   resize_and_crop: load_size square, random crop_size crop. crop: random crop at full size.
   scale_width: width load_size, aspect kept (height at least crop_size). scale_width_and_crop:
@@ -232,7 +235,7 @@ def preprocess_train(image, config, seed):
   horizontal flip unless --noflip.
   """
   shape = tf.shape(image)
-  height, width = resized_size(shape[0], shape[1], config)
+  height, width = resized_size(shape[0], shape[1], config, load_size)
   image = tf.cast(image, tf.float32)
   if height != shape[0] or width != shape[1]:  # The reference leaves such images untouched.
     image = _resize(image, height, width)
@@ -298,8 +301,12 @@ def train_dataset(config, domains, start_step=0, input_context=None):
     seed = tf.stack([tf.constant(config.seed, tf.int64), example_id])
     seed_a = tf.random.experimental.stateless_fold_in(seed, 0)
     seed_b = tf.random.experimental.stateless_fold_in(seed, 1)
-    return {"a": preprocess_train(domains["trainA"].load(index_a), config, seed_a),
-            "b": preprocess_train(domains["trainB"].load(index_b), config, seed_b)}
+    load_size = None
+    if not config.jitter_in_decay:  # CUT's loader: crop_size from the first decay epoch on
+      in_decay = example_id // examples_per_epoch >= config.epochs
+      load_size = tf.where(in_decay, config.crop_size, config.load_size)
+    return {"a": preprocess_train(domains["trainA"].load(index_a), config, seed_a, load_size),
+            "b": preprocess_train(domains["trainB"].load(index_b), config, seed_b, load_size)}
 
   ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(per_replica_batch, drop_remainder=True)

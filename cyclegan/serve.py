@@ -30,7 +30,8 @@ def define_flags():
   flags.DEFINE_string("model_dir", None, "An export folder (saved_models/<name>): serves its a2b "
                       "and b2a directions under those names.")
   flags.DEFINE_multi_string("model", [], "NAME=PATH: serve the export at PATH (a base path, "
-                            "whose highest version is served, or a version folder) as NAME. "
+                            "whose highest version is served, or a version folder) as NAME; "
+                            "or a published model's name (python -m cyclegan.pretrained list). "
                             "Repeatable.")
   flags.DEFINE_string("host", "127.0.0.1", "Address to bind; 0.0.0.0 exposes the server to the "
                       "network (it has no authentication).")

@@ -18,7 +18,6 @@ import sys
 
 import numpy as np
 import tensorflow as tf
-import tqdm
 from absl import flags, logging
 from PIL import Image
 
@@ -37,7 +36,8 @@ from cyclegan import video
 def define_flags():
   """Flags are defined by the command only, so that other modules can import this one."""
   flags.DEFINE_string("model", None, "An exported direction: its base path "
-                      "(saved_models/<name>/a2b: the highest version wins) or a version folder.")
+                      "(saved_models/<name>/a2b: the highest version wins), a version folder, "
+                      "or a published model's name (python -m cyclegan.pretrained list).")
   flags.DEFINE_string("input", None, "An image file, or a folder searched recursively.")
   flags.DEFINE_string("output", None, "Folder for the translated images (created if needed).")
   flags.DEFINE_enum("format", "auto", ["auto", *images_lib.FORMATS],
@@ -90,12 +90,6 @@ def output_path(output_dir, relative, fmt):
 # --- The run ---------------------------------------------------------------------------------
 
 Job = collections.namedtuple("Job", "source relative target fmt")  # fmt None: a video
-
-
-def progress_bar(total, unit="img", desc=None):
-  """Count, items/s and ETA on stderr; on a terminal one updating line, else a line per 10 s."""
-  return tqdm.tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True,
-                   mininterval=0.1 if sys.stderr.isatty() else 10)
 
 
 # Images of at least this many pixels run one per call on a CPU (TiledModel._run).
@@ -284,7 +278,7 @@ def translate_video(job, translator, batch_size, quality, stabilize):
   """One video, with a progress bar of its frames; returns its failure, if any, as a list."""
   frames, shape = video.probe(job.source)
   batch = min(batch_size, translator.batch_limit(shape)) if shape else 1
-  with progress_bar(frames or None, "frame", job.relative) as progress:
+  with cli.progress_bar(frames or None, "frame", job.relative) as progress:
     try:
       video.translate(job.source, job.target, translator.video_frames(stabilize), batch,
                       quality, progress)
@@ -346,7 +340,7 @@ def main(argv):
   image_jobs = [job for job in jobs if job.fmt]
   failures = []
   if image_jobs:
-    with progress_bar(len(image_jobs)) as progress:
+    with cli.progress_bar(len(image_jobs)) as progress:
       failures += translate_all(image_jobs, translator, FLAGS.batch_size, progress)
   for job in (job for job in jobs if not job.fmt):
     failures += translate_video(job, translator, FLAGS.batch_size, FLAGS.video_quality,

@@ -219,3 +219,20 @@ def test_training_reads_phone_photos_upright(tmp_path):
     got = domain.load(tf.constant(i)).numpy()
     assert got.shape == (180, 256, 3)
     assert np.abs(got.astype(int) - upright[orientation]).mean() < 2.5  # Turned wrong: ~60.
+
+
+@pytest.mark.parametrize("jitter_in_decay", [False, True])
+def test_cut_loader_stops_the_crop_jitter_in_the_decay_epochs(tmp_path, jitter_in_decay):
+  """CUT's authors load at crop_size once the decay starts: then each image is the whole image
+  resized to the crop, as in evaluation (flips off here to compare exactly)."""
+  config = tiny_config(tmp_path, flip=False, epochs=1, epochs_decay=1,
+                       jitter_in_decay=jitter_in_decay)
+  domains = input_pipeline.load_domains(config)
+  size = domains["trainA"].size
+  whole = [input_pipeline.preprocess_eval(domains["trainA"].load(i), config).numpy()
+           for i in range(size)]
+  stream = [b["a"][0] for b in input_pipeline.train_dataset(config, domains).take(2 * size)
+            .as_numpy_iterator()]
+  resized = [any(np.abs(image - w).max() < 1e-5 for w in whole) for image in stream]
+  assert not any(resized[:size])  # the first epoch crops at random
+  assert all(resized[size:]) != jitter_in_decay

@@ -19,6 +19,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
+from cyclegan import cli
 from cyclegan import synthetic
 from cyclegan import translate
 
@@ -79,7 +80,7 @@ def main(argv):
 
     jobs, _ = translate.plan(folder, os.path.join(tmp, "out_images"), "png", True)
     timed("image folder (png)", lambda: translate.translate_all(
-        jobs, translator, FLAGS.batch_size, translate.progress_bar(len(jobs))))
+        jobs, translator, FLAGS.batch_size, cli.progress_bar(len(jobs))))
     for name, stabilize in (("video, --nostabilize", False), ("video (default: stabilized)", True)):
       job = translate.Job(clip, "clip.mp4", os.path.join(tmp, f"out_{stabilize}.mp4"), None)
       timed(name, lambda: translate.translate_video(job, translator, FLAGS.batch_size,

@@ -32,6 +32,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cyclegan import export
 from cyclegan import images as images_lib
+from cyclegan import pretrained
 from cyclegan import tiling
 from cyclegan.serving import errors
 from cyclegan.serving import rest
@@ -310,8 +311,11 @@ def load_runners(model_dir, models, max_batch, cpu_kernels="auto"):
                        "b2a/<version>/): export first, or pass --model NAME=PATH")
   for item in models:
     name, sep, path = item.partition("=")
-    if not sep or not name or not path or ":" in name or "/" in name:
-      raise ValueError(f"--model {item}: expected NAME=PATH, NAME without '/' or ':'")
+    if not sep and item in pretrained.PUBLISHED:  # a published model, under its own name
+      name = path = item
+    elif not sep or not name or not path or ":" in name or "/" in name:
+      raise ValueError(f"--model {item}: expected NAME=PATH (NAME without '/' or ':'), or a "
+                       "published model's name")
     paths[name] = path
   if not paths:
     raise ValueError("nothing to serve: pass --model_dir saved_models/<name> or --model NAME=PATH")
