@@ -230,12 +230,12 @@ def _size_mb(folder):
 
 def describe():
   """One line per published model: name, direction, source, size, cached or not."""
-  lines = []
+  lines = [f"{'name':<24} {'translates (A -> B)':<58} {'source':<8} size"]
   for p in PUBLISHED.values():
     if is_cached(p.name):
       state = f"cached, {_size_mb(model_base(p.name)):.0f} MB"
     else:
-      state = f"download {GENERATOR_MB:.0f} MB" if p.source == "CycleGAN" else \
+      state = f"download ~{GENERATOR_MB:.0f} MB" if p.source == "CycleGAN" else \
           "download: CUT's tar of all six"
     lines.append(f"{p.name:<24} {p.direction:<58} {p.source:<8} {state}")
   return lines
