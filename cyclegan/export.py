@@ -203,17 +203,19 @@ def directions(config):
 
 
 def restore_generators(workdir):
-  """float32 generators with the latest checkpoint's weights; the training precision does not matter."""
+  """float32 generators with the newest readable checkpoint's weights; the training precision
+  does not matter."""
   config = _workdir_config(workdir)
-  checkpoint_path = workdir_lib.latest_checkpoint(workdir)
-  if not checkpoint_path:
-    raise FileNotFoundError(f"no checkpoint in {workdir_lib.checkpoint_dir(workdir)}: train first")
   build = (models.resnet_generator if config.model == "cycle_gan" else
            cut_models.networks(config.antialias)[0])
   generators = {name: build(config.ngf, config.n_blocks, name=name)
                 for name in directions(config).values()}
-  status = tf.train.Checkpoint(**generators).restore(checkpoint_path).expect_partial()
-  status.assert_existing_objects_matched()
+  checkpoint = tf.train.Checkpoint(**generators)
+  checkpoint_path = workdir_lib.restore_newest(
+      workdir, lambda path: checkpoint.restore(path).expect_partial()
+      .assert_existing_objects_matched(), move_aside=False)
+  if not checkpoint_path:
+    raise FileNotFoundError(f"no checkpoint in {workdir_lib.checkpoint_dir(workdir)}: train first")
   return generators, checkpoint_path
 
 

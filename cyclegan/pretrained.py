@@ -151,7 +151,7 @@ def _fetch(name):
   part = path + ".part"
   have = os.path.getsize(part) if os.path.exists(part) else 0
   headers = {"User-Agent": "cyclegan"} | ({"Range": f"bytes={have}-"} if have else {})
-  by_hand = f"put the file there by hand ({path}) and run again"
+  by_hand = f"put it at {path} by hand and run again"
   try:
     response = urllib.request.urlopen(urllib.request.Request(address, headers=headers),
                                       timeout=30)
@@ -159,8 +159,8 @@ def _fetch(name):
     raise DownloadError(f"{address}: HTTP {e.code} {e.reason}; {by_hand}") from None
   except (urllib.error.URLError, OSError) as e:
     reason = getattr(e, "reason", e)
-    raise DownloadError(f"cannot reach {address} ({reason}): offline? Download it elsewhere, "
-                        f"then {by_hand}") from None
+    raise DownloadError(f"cannot reach {address} ({reason}). Offline? Download it elsewhere, "
+                        f"{by_hand}") from None
   with response:
     if "text/html" in response.headers.get("Content-Type", ""):
       raise DownloadError(f"{address} sent an HTML page, not a checkpoint (moved or down?); "

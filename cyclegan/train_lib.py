@@ -9,8 +9,10 @@ example and divided by the global batch, so one device with batch 2 and two devi
 
 import dataclasses
 import functools
+import glob
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -422,9 +424,12 @@ def train(config, strategy=None):
   checkpoint = state.checkpoint()
   os.makedirs(workdir, exist_ok=True)
   checkpoint_dir = _checkpoint_dir(workdir, chief)
-  latest = workdir_lib.latest_checkpoint(workdir)
+  try:
+    latest = workdir_lib.restore_newest(
+        workdir, lambda path: checkpoint.restore(path).assert_consumed(), move_aside=chief)
+  except ValueError as e:
+    raise TrainingError(str(e)) from None
   if latest:
-    checkpoint.restore(latest).assert_consumed()
     logging.info("resumed from %s", latest)
   else:
     _init_generators(config, state)
@@ -502,14 +507,14 @@ def _loop(config, state, train_steps, iterator, manager, summaries, evaluate, st
         logging.info("step %d eval: %s", step,
                      " ".join(f"{k}={v:.4f}" for k, v in quality.items()))
       if step % config.checkpoint_every == 0:
-        manager.save(checkpoint_number=step)
+        _save(manager, step)
   except KeyboardInterrupt:
     step = int(state.step.numpy())
     logging.warning("interrupted at step %d: saving a checkpoint", step)
-    manager.save(checkpoint_number=step)
+    _save(manager, step)
     raise
   if _checkpoint_step(manager) != step:
-    manager.save(checkpoint_number=step)
+    _save(manager, step)
   # Equal on every worker of a multi-worker run when the replicas are in sync.
   logging.info("step %d: weights digest %s", step, weights_digest(state))
 
@@ -520,6 +525,24 @@ def weights_digest(state):
     for weight in state.models[name].weights:
       digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
   return digest.hexdigest()[:16]
+
+
+def _save(manager, step):
+  """manager.save, or on a failed write (a full disk) one line saying which checkpoint is
+  intact, with the failed save's temporary folder removed."""
+  try:
+    manager.save(checkpoint_number=step)
+  except (tf.errors.OpError, OSError) as e:
+    for temporary in glob.glob(os.path.join(glob.escape(manager.directory), f"ckpt-{step}_temp*")):
+      shutil.rmtree(temporary, ignore_errors=True)
+    # TF's "{{function_node ...}} <file>; No space left on device [Op:SaveV2]": its last part.
+    message = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", getattr(e, "message", None) or str(e))
+    reason = getattr(e, "strerror", None) or message.strip().rsplit("; ", 1)[-1][:160]
+    newest = (f"{manager.latest_checkpoint} (step {_checkpoint_step(manager)})"
+              if manager.latest_checkpoint else "none yet")
+    raise TrainingError(f"step {step}: saving a checkpoint failed ({reason}); the newest intact "
+                        f"checkpoint is {newest}; free space in {manager.directory} and run "
+                        "again to resume from it") from None
 
 
 def _checkpoint_step(manager):

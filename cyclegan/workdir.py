@@ -1,15 +1,20 @@
 """The layout of a training workdir, in one place for train, export and evaluate.
 
   <workdir>/config.json    the resolved config (`auto` kept as auto), for resume and export
-  <workdir>/checkpoints/   tf.train.CheckpointManager's ckpt-<step> files
+  <workdir>/checkpoints/   tf.train.CheckpointManager's ckpt-<step> files (an unreadable one
+                           moved aside as ckpt-<step>.*.corrupt)
   <workdir>/tensorboard/   losses, learning rate, image grids, quality metrics
 """
 
+import glob
 import os
 
 import tensorflow as tf
+from absl import logging
+from google.protobuf import text_format
 
 from cyclegan import config as config_lib
+from cyclegan import files
 
 
 def config_path(workdir):
@@ -30,5 +35,54 @@ def load_config(workdir):
   return config_lib.make_config(config_lib.load_saved(path)) if os.path.exists(path) else None
 
 
-def latest_checkpoint(workdir):
-  return tf.train.latest_checkpoint(checkpoint_dir(workdir))
+def checkpoints(workdir):
+  """The checkpoint paths CheckpointManager keeps, oldest first."""
+  state = tf.train.get_checkpoint_state(checkpoint_dir(workdir))
+  return list(state.all_model_checkpoint_paths) if state else []
+
+
+# What reading a truncated or damaged checkpoint raises (TF 2.21): a short data file gives
+# IndexError ("Read less bytes than requested"), a damaged index a DataLossError.
+UNREADABLE = (tf.errors.OpError, IndexError, ValueError, AssertionError)
+
+
+def _forget_checkpoint(directory, path):
+  """Drops `path` from CheckpointManager's list (the `checkpoint` text proto), so that neither
+  the manager nor a later run picks it."""
+  state = tf.train.get_checkpoint_state(directory)
+  kept = [i for i, p in enumerate(state.all_model_checkpoint_paths) if p != path]
+  times = list(state.all_model_checkpoint_timestamps)
+  state.all_model_checkpoint_paths[:] = [state.all_model_checkpoint_paths[i] for i in kept]
+  state.all_model_checkpoint_timestamps[:] = [times[i] for i in kept if i < len(times)]
+  state_file = os.path.join(directory, "checkpoint")
+  if not kept:
+    os.remove(state_file)
+    return
+  state.model_checkpoint_path = state.all_model_checkpoint_paths[-1]
+  with files.atomic_open(state_file) as f:
+    f.write(text_format.MessageToString(state))
+
+
+def restore_newest(workdir, restore, move_aside=True):
+  """The newest checkpoint that `restore(path)` reads without error, or None where there is
+  none. Each newer unreadable one gets a warning naming it and, with `move_aside` (the chief
+  of a run), its files renamed `<file>.corrupt` and dropped from the checkpoint list: kept for
+  a look, never deleted. Raises ValueError when checkpoints exist but none reads."""
+  directory, paths = checkpoint_dir(workdir), checkpoints(workdir)
+  found = bool(paths)
+  for path in list(reversed(paths)):
+    try:
+      restore(path)
+      return path
+    except UNREADABLE as e:
+      reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+      logging.warning("checkpoint %s is unreadable (%s)%s", path, reason,
+                      "; moved aside as .corrupt, trying the one before" if move_aside else "")
+      if move_aside:
+        for name in glob.glob(glob.escape(path) + ".*"):
+          os.replace(name, name + ".corrupt")
+        _forget_checkpoint(directory, path)
+  if found:
+    raise ValueError(f"no checkpoint in {directory} is readable (see the warnings above): move "
+                     "the folder aside to start again")
+  return None

@@ -77,8 +77,9 @@ def _pth(net, legacy=True):
 
 
 def _net(seed, use_dropout=False, antialias=False):
+  """The published generators' layout (ResNet-9), at a small width (ngf 8) to stay quick."""
   torch.manual_seed(seed)
-  return torch_reference.resnet_generator(8, 5, use_dropout, antialias).eval()
+  return torch_reference.resnet_generator(8, 9, use_dropout, antialias).eval()
 
 
 def _torch_uint8(net, rgb):

@@ -1,8 +1,13 @@
 """The train step and loop on tiny models: real steps, exact resume, fault handling."""
 
 import collections
+import glob
 import json
+import logging
 import os
+import re
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -15,7 +20,7 @@ from cyclegan import export
 from cyclegan import input_pipeline
 from cyclegan import train_lib
 from cyclegan.config import ConfigError
-from conftest import load_tool, tiny_config
+from conftest import REPO, load_tool, tiny_config
 
 
 def _weights(workdir):
@@ -399,3 +404,56 @@ def test_fused_adam_updates_as_keras_adam():
   assert np.abs(results[0][0] - 1).max() > 0.01  # it moved
   for want, got in zip(*results):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _checkpoint_files(config, step):
+  return sorted(glob.glob(os.path.join(config.workdir, "checkpoints", f"ckpt-{step}.*")))
+
+
+def test_a_truncated_latest_checkpoint_resumes_from_the_one_before(tmp_path, caplog):
+  """As a disk filled or a preempted machine leaves it: the run warns, moves it aside (never
+  deletes it) and goes on from the newest readable one."""
+  config = tiny_config(tmp_path, max_steps=4, checkpoint_every=2)
+  train_lib.train(config)
+  data = next(f for f in _checkpoint_files(config, 4) if ".data-" in f)
+  with open(data, "r+b") as f:
+    f.truncate(os.path.getsize(data) // 2)
+  with caplog.at_level(logging.INFO, logger="absl"):
+    train_lib.train(tiny_config(tmp_path, max_steps=6, checkpoint_every=2))
+  assert re.search(r"checkpoint \S+ckpt-4 is unreadable \(.+\); moved aside", caplog.text)
+  assert re.search(r"resumed from \S+ckpt-2\b", caplog.text)
+  assert "deprecated" not in caplog.text
+  corrupt = [f for f in _checkpoint_files(config, 4) if f.endswith(".corrupt")]
+  assert len(corrupt) == 2 and os.path.getsize(data + ".corrupt") < os.path.getsize(data)
+  assert tf.train.latest_checkpoint(os.path.join(config.workdir, "checkpoints")).endswith("ckpt-6")
+  assert export.restore_generators(config.workdir)[1].endswith("ckpt-6")
+
+
+def test_a_full_disk_is_one_line_and_the_next_run_resumes(tmp_path):
+  """A real full disk: the checkpoints folder on a small tmpfs, filled after the first save."""
+  if os.geteuid() != 0:
+    pytest.skip("mounting a tmpfs needs root")
+  config = tiny_config(tmp_path, max_steps=2, checkpoint_every=2)
+  disk = os.path.join(config.workdir, "checkpoints")
+  os.makedirs(disk)
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", disk]).returncode:
+    pytest.skip("cannot mount a tmpfs here")
+  try:
+    train_lib.train(config)
+    free = os.statvfs(disk)
+    with open(os.path.join(disk, "filler"), "wb") as f:
+      f.write(b"\0" * (free.f_bavail * free.f_frsize - 4096))  # a page left: no checkpoint fits
+    done = subprocess.run(
+        [sys.executable, "-m", "cyclegan.train", "--workdir", config.workdir, "--max_steps", "4",
+         "--noexport"], cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(errors) == 1 and "step 4: saving a checkpoint failed" in errors[0], errors
+    assert "(No space left on device)" in errors[0] and "ckpt-2 (step 2)" in errors[0]
+    assert not glob.glob(os.path.join(disk, "*_temp*"))  # the failed save's folder is gone
+    os.remove(os.path.join(disk, "filler"))
+    train_lib.train(tiny_config(tmp_path, max_steps=4, checkpoint_every=2))
+    assert tf.train.latest_checkpoint(disk).endswith("ckpt-4")
+  finally:
+    subprocess.run(["umount", "-l", disk])
