@@ -232,3 +232,16 @@ def test_two_processes_make_one_download_and_both_succeed(server, cache):
   listed = _command("cyclegan.pretrained", "list", env=cache)
   line = next(l for l in listed.stdout.splitlines() if l.startswith("map2sat "))
   assert "map -> aerial photo" in line and "CycleGAN" in line and "cached" in line
+
+
+def test_the_server_takes_a_bare_published_name(server, cache):
+  pytest.importorskip("starlette", reason="the [serve] extra")
+  from cyclegan.serving import http as serving_http  # noqa: PLC0415
+  server.files["/cg/style_vangogh.pth"] = _pth(_net(6))
+  runners = serving_http.load_runners(None, ["style_vangogh", "mine=style_vangogh"], 1)
+  try:
+    assert sorted(runners) == ["mine", "style_vangogh"] and len(server.requests) == 1
+    assert runners["style_vangogh"].path == os.path.join(pretrained.model_base("style_vangogh"), "1")
+  finally:
+    for runner in runners.values():
+      runner.close()
