@@ -205,9 +205,9 @@ def resized_size(height, width, config, load_size=None):
     return grow(height), grow(width)
   if config.preprocess.startswith("scale_width"):
     # __scale_width: width load_size, height by the aspect ratio but at least crop_size.
-    scaled = tf.cast(tf.floor(load * tf.cast(height, tf.float64) / tf.cast(width, tf.float64)),
-                     tf.int32)
-    height, width = tf.maximum(scaled, crop), tf.constant(load)
+    scaled = tf.cast(tf.floor(tf.cast(load, tf.float64) * tf.cast(height, tf.float64) /
+                              tf.cast(width, tf.float64)), tf.int32)
+    height, width = tf.maximum(scaled, crop), tf.cast(load, tf.int32)
     if config.preprocess == "scale_width_and_crop":
       return height, width
   # none, and scale_width's size: sides must be multiples of 4 for the generator. The

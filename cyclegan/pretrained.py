@@ -156,6 +156,8 @@ def _fetch(name):
     response = urllib.request.urlopen(urllib.request.Request(address, headers=headers),
                                       timeout=30)
   except urllib.error.HTTPError as e:
+    if e.code == 416 and have:  # nothing after `have` bytes: the .part is whole, or wrong
+      return _move_into_place(name, part, path, address)
     raise DownloadError(f"{address}: HTTP {e.code} {e.reason}; {by_hand}") from None
   except (urllib.error.URLError, OSError) as e:
     reason = getattr(e, "reason", e)
@@ -165,9 +167,15 @@ def _fetch(name):
     if "text/html" in response.headers.get("Content-Type", ""):
       raise DownloadError(f"{address} sent an HTML page, not a checkpoint (moved or down?); "
                           f"{by_hand}")
-    resumed = response.status == 206
-    size = response.headers.get("Content-Length")
-    total = (have if resumed else 0) + int(size) if size else None
+    # A 206 that does not start where the .part ends is not a resume: start again.
+    resumed = response.status == 206 and response.headers.get(
+        "Content-Range", "").startswith(f"bytes {have}-")
+    if response.status == 206 and not resumed:
+      os.remove(part)
+      raise DownloadError(f"{address}: the server resumed at another byte than asked; run "
+                          "again to download it from the start")
+    size = response.headers.get("Content-Length", "")
+    total = (have if resumed else 0) + int(size) if size.isdigit() else None
     with open(part, "ab" if resumed else "wb") as f, cli.progress_bar(
         total, "B", f"downloading {name}", unit_scale=True, unit_divisor=1024,
         initial=have if resumed else 0) as progress:
@@ -185,6 +193,11 @@ def _fetch(name):
   if total is not None and os.path.getsize(part) < total:
     raise DownloadError(f"{address}: the connection closed at {os.path.getsize(part)} of "
                         f"{total} bytes; run again to resume it")
+  _move_into_place(name, part, path, address)
+
+
+def _move_into_place(name, part, path, address):
+  """The finished .part onto its name if every generator in it reads; else removed."""
   try:
     _check_download(name, part)
   except convert_torch.ConversionError as e:
@@ -214,13 +227,14 @@ def ensure(name):
 def remove(name):
   """Removes the model and its download (CUT's tar once no CUT model is left)."""
   check_name(name)
-  shutil.rmtree(model_base(name), ignore_errors=True)
-  path = download_path(name)
-  sharing = [n for n in PUBLISHED if n != name and download_path(n) == path and is_cached(n)]
-  if not sharing:
-    for leftover in (path, path + ".part"):
-      if os.path.exists(leftover):
-        os.remove(leftover)
+  base, path = model_base(name), download_path(name)
+  with _lock(base, f"converting {name}"), _lock(path, f"downloading {os.path.basename(path)}"):
+    shutil.rmtree(base, ignore_errors=True)
+    sharing = [n for n in PUBLISHED if n != name and download_path(n) == path and is_cached(n)]
+    if not sharing:
+      for leftover in (path, path + ".part"):
+        if os.path.exists(leftover):
+          os.remove(leftover)
 
 
 def _size_mb(folder):

@@ -17,6 +17,7 @@ import zipfile
 import numpy as np
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+MAX_STORAGE_BYTES = 2**31  # a full-size generator's largest weight is 2.4 MB: a bound on bombs
 _STORAGE_DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64,
                    "HalfStorage": np.float16, "LongStorage": np.int64, "IntStorage": np.int32,
                    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
@@ -32,15 +33,27 @@ class _StorageType:
     self.dtype = np.dtype(_STORAGE_DTYPES[name])
 
 
+class _Storage:
+  """A storage the file declares (a persistent id), as a 1-D array: the only thing tensors
+  are rebuilt on, so that a crafted pickle cannot hand the rebuild an array of its own."""
+
+  def __init__(self, array):
+    self.array = array
+
+
 def _strided(storage, offset, size, stride):
-  """A tensor's view of its storage (a 1-D array), as an array of its own; a view reaching
-  outside its storage (a crafted file) is refused, not read."""
-  if not size:
-    return np.array(storage[offset])
-  if (offset < 0 or min(size) < 0 or min(stride) < 0 or len(size) != len(stride) or
-      (min(size) > 0 and offset + sum((n - 1) * s for n, s in zip(size, stride)) >= len(storage))):
-    raise PthError(f"a tensor of shape {tuple(size)} does not fit its storage")
-  view = np.lib.stride_tricks.as_strided(storage[offset:], tuple(size),
+  """A tensor's view of its storage (a 1-D array), as an array of its own. A view reaching
+  outside its storage, or with more elements than it (a crafted file), is refused, not read."""
+  size, stride = tuple(size), tuple(stride)
+  if not all(type(n) is int and n >= 0 for n in (offset, *size, *stride)) or \
+      len(size) != len(stride):
+    raise PthError(f"a tensor with shape {size[:8]}, strides {stride[:8]}: not a tensor's layout")
+  count = int(np.prod(size, dtype=object))
+  if count == 0:
+    return np.zeros(size, storage.dtype)
+  if count > len(storage) or offset + sum((n - 1) * s for n, s in zip(size, stride)) >= len(storage):
+    raise PthError(f"a tensor of shape {size[:8]} does not fit its storage")
+  view = np.lib.stride_tricks.as_strided(storage[offset:], size,
                                          tuple(s * storage.itemsize for s in stride))
   return np.array(view)
 
@@ -60,10 +73,12 @@ class _LegacyStorage:
 
 
 def _rebuild_tensor(storage, offset, size, stride, *unused):
-  """torch._utils._rebuild_tensor(_v2)."""
+  """torch._utils._rebuild_tensor(_v2), on a storage the file declared."""
   if isinstance(storage, _LegacyStorage):
     return lambda data: _strided(storage.array(data), offset, size, stride)
-  return _strided(storage, offset, size, stride)
+  if not isinstance(storage, _Storage):
+    raise PthError("a tensor rebuilt on something that is not one of the file's storages")
+  return _strided(storage.array, offset, size, stride)
 
 
 _ALLOWED = {("collections", "OrderedDict"): collections.OrderedDict,
@@ -89,7 +104,7 @@ class _Unpickler(pickle.Unpickler):
   def persistent_load(self, pid):
     if not (isinstance(pid, tuple) and pid and pid[0] == "storage" and
             isinstance(pid[1], _StorageType)):
-      raise PthError(f"unexpected reference {str(pid)[:80]} in the pickle")
+      raise PthError(f"an unexpected reference ({type(pid).__name__}) in the pickle")
     return self._storage(pid)
 
 
@@ -106,7 +121,9 @@ def _load_zip(archive):
   def storage(pid):
     _, storage_type, key, _, _ = pid[:5]
     if key not in loaded:
-      loaded[key] = np.frombuffer(archive.read(f"{root}data/{key}"), storage_type.dtype)
+      if archive.getinfo(f"{root}data/{key}").file_size > MAX_STORAGE_BYTES:
+        raise PthError(f"storage {key} is larger than any generator's")
+      loaded[key] = _Storage(np.frombuffer(archive.read(f"{root}data/{key}"), storage_type.dtype))
     return loaded[key]
 
   return _Unpickler(archive.read(pickles[0]), storage).load()
@@ -131,6 +148,8 @@ def _load_legacy(f):
   data = {}
   for key in _Unpickler(f, storage).load():
     (count,) = struct.unpack("<q", f.read(8))
+    if not 0 <= count * dtypes[key].itemsize <= MAX_STORAGE_BYTES:
+      raise PthError(f"storage {key} claims {count} elements: not a generator's")
     raw = f.read(count * dtypes[key].itemsize)
     if len(raw) != count * dtypes[key].itemsize:
       raise PthError("the file ends before its tensors do: truncated")
@@ -158,8 +177,7 @@ def load(source):
       state = _load_legacy(io.BytesIO(data))
   except PthError:
     raise
-  except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError, ValueError,
-          struct.error, TypeError, AttributeError, IndexError) as e:
+  except Exception as e:  # pylint: disable=broad-except  (find_class already refuses code)
     raise PthError(f"not a readable PyTorch state dict ({type(e).__name__}: {str(e)[:120]})") from e
   if not isinstance(state, dict) or not all(
       isinstance(k, str) and isinstance(v, np.ndarray) for k, v in state.items()):

@@ -41,9 +41,11 @@ def checkpoints(workdir):
   return list(state.all_model_checkpoint_paths) if state else []
 
 
-# What reading a truncated or damaged checkpoint raises (TF 2.21): a short data file gives
-# IndexError ("Read less bytes than requested"), a damaged index a DataLossError.
-UNREADABLE = (tf.errors.OpError, IndexError, ValueError, AssertionError)
+# What reading a truncated, damaged or missing checkpoint raises (TF 2.21): a short data file
+# gives IndexError ("Read less bytes than requested"), a damaged index a bare OpError ("not an
+# sstable"). Not what a checkpoint that reads but does not fit the model raises (ValueError,
+# AssertionError: another config), which is no damage.
+UNREADABLE = (tf.errors.OpError, IndexError)
 
 
 def _forget_checkpoint(directory, path):
@@ -52,7 +54,9 @@ def _forget_checkpoint(directory, path):
   state = tf.train.get_checkpoint_state(directory)
   kept = [i for i, p in enumerate(state.all_model_checkpoint_paths) if p != path]
   times = list(state.all_model_checkpoint_timestamps)
-  state.all_model_checkpoint_paths[:] = [state.all_model_checkpoint_paths[i] for i in kept]
+  # Relative, as CheckpointManager writes them, so that the workdir can move.
+  state.all_model_checkpoint_paths[:] = [
+      os.path.relpath(state.all_model_checkpoint_paths[i], directory) for i in kept]
   state.all_model_checkpoint_timestamps[:] = [times[i] for i in kept if i < len(times)]
   state_file = os.path.join(directory, "checkpoint")
   if not kept:

@@ -221,12 +221,14 @@ def test_training_reads_phone_photos_upright(tmp_path):
     assert np.abs(got.astype(int) - upright[orientation]).mean() < 2.5  # Turned wrong: ~60.
 
 
-@pytest.mark.parametrize("jitter_in_decay", [False, True])
-def test_cut_loader_stops_the_crop_jitter_in_the_decay_epochs(tmp_path, jitter_in_decay):
+@pytest.mark.parametrize("jitter_in_decay,preprocess", [
+    (False, "resize_and_crop"), (True, "resize_and_crop"), (False, "scale_width_and_crop")])
+def test_cut_loader_stops_the_crop_jitter_in_the_decay_epochs(tmp_path, jitter_in_decay,
+                                                              preprocess):
   """CUT's authors load at crop_size once the decay starts: then each image is the whole image
   resized to the crop, as in evaluation (flips off here to compare exactly)."""
   config = tiny_config(tmp_path, flip=False, epochs=1, epochs_decay=1,
-                       jitter_in_decay=jitter_in_decay)
+                       jitter_in_decay=jitter_in_decay, preprocess=preprocess)
   domains = input_pipeline.load_domains(config)
   size = domains["trainA"].size
   whole = [input_pipeline.preprocess_eval(domains["trainA"].load(i), config).numpy()

@@ -46,6 +46,9 @@ class Files(http.server.ThreadingHTTPServer):
         data, start = server.files[self.path], 0
         if self.headers.get("Range"):
           start = int(self.headers["Range"].split("=")[1].rstrip("-"))
+          if start >= len(data):
+            self.send_error(416)
+            return
           self.send_response(206)
           self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
@@ -179,6 +182,19 @@ def test_a_broken_download_resumes_where_it_stopped(server, cache):
   pretrained.ensure("zebra2horse")
   assert server.requests[-1] == ("/cg/zebra2horse.pth", "bytes=5000-")
   assert pretrained.is_cached("zebra2horse")
+
+
+def test_a_whole_part_file_left_by_a_kill_is_used(server, cache):
+  """Killed between the last byte and the rename: the server answers 416 to the resume."""
+  data = _pth(_net(7))
+  server.files["/cg/orange2apple.pth"] = data
+  part = pretrained.download_path("orange2apple") + ".part"
+  os.makedirs(os.path.dirname(part))
+  with open(part, "wb") as f:
+    f.write(data)
+  pretrained.ensure("orange2apple")
+  assert server.requests == [("/cg/orange2apple.pth", f"bytes={len(data)}-")]
+  assert pretrained.is_cached("orange2apple") and not os.path.exists(part)
 
 
 @pytest.mark.parametrize("case,message", [

@@ -38,22 +38,34 @@ class _Payload:
     return (os.system, ("touch /tmp/pth_reader_pwned",))
 
 
+class _OwnStorage:
+  """A tensor rebuilt on a nested list, whose array would read past its buffer."""
+
+  def __reduce__(self):
+    return (torch._utils._rebuild_tensor_v2,  # noqa: SLF001
+            ([[]] * 1000, 0, (1000,), (1,), False, collections.OrderedDict()))
+
+
 @pytest.mark.parametrize("case,message", [
     ("pickled code", "refused"), ("pickled code in a zip", "refused"), ("html", "HTML page"),
     ("truncated zip", "truncated"), ("truncated legacy", "truncated"),
-    ("a list", "not a state dict"), ("strides outside the storage", "does not fit")])
+    ("a list", "not a state dict"), ("strides outside the storage", "does not fit"),
+    ("zero strides", "does not fit"), ("an array of its own as storage", "file's storages")])
 def test_refuses_what_is_not_a_state_dict_in_one_line(tmp_path, case, message):
   path = tmp_path / "bad.pth"
   state = {"w": torch.arange(6.0).reshape(2, 3)}
   if case == "pickled code":
     path.write_bytes(pickle.dumps({"w": _Payload()}))
-  elif case == "pickled code in a zip":
+  elif case in ("pickled code in a zip", "an array of its own as storage"):
     torch.save({"w": torch.zeros(1), "x": 1}, path)  # then the pickle swapped for a payload
+    payload = _Payload() if case.startswith("pickled") else _OwnStorage()
     with zipfile.ZipFile(path) as z:
       members = {n: z.read(n) for n in z.namelist()}
     with zipfile.ZipFile(path, "w") as z:
       for name, data in members.items():
-        z.writestr(name, pickle.dumps(_Payload()) if name.endswith("data.pkl") else data)
+        z.writestr(name, pickle.dumps({"w": payload}) if name.endswith("data.pkl") else data)
+  elif case == "zero strides":
+    torch.save({"w": torch.zeros(1).expand(2**20, 2**20)}, path)
   elif case == "html":
     path.write_text("<!DOCTYPE html><html><body>404 Not Found</body></html>")
   elif case.startswith("truncated"):
