@@ -7,6 +7,7 @@ example and divided by the global batch, so one device with batch 2 and two devi
 1 take the same step.
 """
 
+import contextlib
 import dataclasses
 import functools
 import glob
@@ -14,7 +15,9 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import time
 
 import keras
@@ -527,11 +530,29 @@ def weights_digest(state):
   return digest.hexdigest()[:16]
 
 
-def _save(manager, step):
-  """manager.save, or on a failed write (a full disk) one line saying which checkpoint is
-  intact, with the failed save's temporary folder removed."""
+@contextlib.contextmanager
+def _ctrl_c_deferred():
+  """Holds Ctrl-C (SIGINT) until the block is done, then raises it: a save interrupted
+  halfway (a second Ctrl-C while an interrupted run saves) would leave no checkpoint."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  received = []
+  previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
   try:
-    manager.save(checkpoint_number=step)
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  if received:
+    raise KeyboardInterrupt
+
+
+def _save(manager, step):
+  """manager.save, whole even if Ctrl-C comes meanwhile; on a failed write (a full disk) one
+  line saying which checkpoint is intact, with the failed save's temporary folder removed."""
+  try:
+    with _ctrl_c_deferred():
+      manager.save(checkpoint_number=step)
   except (tf.errors.OpError, OSError) as e:
     for temporary in glob.glob(os.path.join(glob.escape(manager.directory), f"ckpt-{step}_temp*")):
       shutil.rmtree(temporary, ignore_errors=True)

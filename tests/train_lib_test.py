@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -457,3 +458,21 @@ def test_a_full_disk_is_one_line_and_the_next_run_resumes(tmp_path):
     assert tf.train.latest_checkpoint(disk).endswith("ckpt-4")
   finally:
     subprocess.run(["umount", "-l", disk])
+
+
+def test_ctrl_c_during_a_save_waits_for_it(tmp_path, monkeypatch):
+  """Ctrl-C as each save starts (the second one while the interrupted run saves): the
+  checkpoint is written whole, then the run stops."""
+  config = tiny_config(tmp_path, max_steps=2, checkpoint_every=2)
+  save = tf.train.CheckpointManager.save
+
+  def interrupted_save(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    return save(self, *args, **kwargs)
+
+  monkeypatch.setattr(tf.train.CheckpointManager, "save", interrupted_save)
+  with pytest.raises(KeyboardInterrupt):
+    train_lib.train(config)
+  checkpoints = os.path.join(config.workdir, "checkpoints")
+  assert tf.train.latest_checkpoint(checkpoints).endswith("ckpt-2")
+  assert not glob.glob(os.path.join(checkpoints, "*_temp*"))
