@@ -152,9 +152,8 @@ class TFLiteRunner:
     self._called = False
 
   def __call__(self, images):
-    if self._called:
-      return self._runner(**{INPUT_NAME: images})[OUTPUT_NAME]
-    with quiet.litert_notices_hidden():  # LiteRT applies its delegate at the first call
+    # LiteRT applies its delegate, and says so, at the first call.
+    with contextlib.nullcontext() if self._called else quiet.litert_notices_hidden():
       self._called = True
       return self._runner(**{INPUT_NAME: images})[OUTPUT_NAME]
 
