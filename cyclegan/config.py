@@ -123,9 +123,23 @@ class Config:
   keep_checkpoints: int = _field(3, "Checkpoints to keep.")
   log_every: int = _field(50, "Log losses, images/s and ETA every this many steps.")
   image_every: int = _field(1000, "Write TensorBoard image grids every this many steps.")
-  eval_every: int = _field(0, "Every this many steps, log quality to TensorBoard: the paired "
-                           "metrics on the built-in dataset's held-out pairs, and the test-split "
-                           "cycle L1 on any dataset; 0: off.")
+  eval_every: int = _field(
+      -1, "Evaluate on held-out images every this many steps: the quality metrics (see "
+      "--best_metric), alarms, TensorBoard and <workdir>/samples/index.html. -1: at each "
+      "checkpoint when the data has a test split (the built-in set and TFDS do), else off; 0: off.")
+  best_metric: str = _field(
+      "auto", "What picks the best checkpoint, kept out of rotation and exported: auto takes "
+      "psnr where the data has ground-truth pairs (the built-in set), else kid with Inception "
+      "weights (see --inception), else swd (patch statistics, no weights needed).",
+      ("auto", "psnr", "ssim", "kid", "fid", "swd"))
+  inception: str = _field(
+      "auto", "Inception for KID/FID: auto (the 2015 one that published FIDs use if its file "
+      "is found, else Keras's, else none), fid2015, keras, none, or a .pth/.h5 file.")
+  stop_on_alarm: bool = _field(False, "Stop (checkpoints kept) when an alarm is raised: "
+                               "collapse, outputs equal to inputs, a discriminator winning.")
+  export_checkpoint: str = _field(
+      "best", "Which checkpoint the run exports at the end: best (by --best_metric; the latest "
+      "where nothing was evaluated) or latest.", ("best", "latest"))
   workdir: str = _field("", "Checkpoints, logs and config (default: workdirs/<name>).")
   export_dir: str = _field("", "Where SavedModels go (default: saved_models/<name>).")
   export: bool = _field(True, "Export SavedModels when training ends.")
@@ -212,10 +226,12 @@ def _validate(c):
   if c.model != "cycle_gan" and c.n_blocks < 5:
     raise ConfigError(f"--model {c.model} needs n_blocks >= 5 (PatchNCE reads the output of "
                       f"residual block 5), got {c.n_blocks}")
-  if min(c.max_steps, c.pool_size, c.lambda_identity, c.lambda_a, c.lambda_b, c.eval_every,
-         c.steps_per_call, c.lambda_nce) < 0:
-    raise ConfigError("max_steps, pool_size, eval_every, steps_per_call and the lambdas must not "
-                      "be negative")
+  if min(c.max_steps, c.pool_size, c.lambda_identity, c.lambda_a, c.lambda_b, c.steps_per_call,
+         c.lambda_nce) < 0:
+    raise ConfigError("max_steps, pool_size, steps_per_call and the lambdas must not be negative")
+  if c.eval_every < -1:
+    raise ConfigError(f"eval_every must be -1 (at each checkpoint), 0 (off) or positive, got "
+                      f"{c.eval_every}")
 
 
 def resolve(config_name, flag_overrides):

@@ -31,9 +31,11 @@ def define_flags():
                     "What the model translates; auto: from the model path (b2a if it says so).")
   flags.DEFINE_enum("metrics", "all", ["all", "paired", "fid"],
                     "paired: L1/PSNR/SSIM (built-in dataset only); fid: FID and KID (needs "
-                    "InceptionV3 weights); all: what is possible, saying what was skipped.")
-  flags.DEFINE_string("inception_weights", "keras", "InceptionV3 weights: 'keras' (Keras's cache, "
-                      "~/.keras/models), a .h5 file, or 'random' (tests only: numbers meaningless).")
+                    "Inception weights); all: what is possible, saying what was skipped.")
+  flags.DEFINE_string("inception", "auto", "Inception for FID/KID: fid2015 (the 2015 graph that "
+                      "pytorch-fid and published FIDs use, from pt_inception-2015-12-05-6726825d"
+                      ".pth), keras (Keras's ImageNet weights), auto (fid2015 if its file is "
+                      "found, else keras), a .pth or .h5 file, or random (tests only).")
   flags.DEFINE_integer("max_images", 0, "Use at most this many images per domain (0: all).")
   flags.DEFINE_string("output", None, "Also write the JSON line to this file.")
   flags.mark_flag_as_required("model")
@@ -43,7 +45,7 @@ FLAGS = flags.FLAGS
 
 
 def evaluate(model_path, dataset, split="test", direction="a2b", which="all",
-             inception_weights="keras", max_images=0):
+             inception="auto", max_images=0):
   """The metrics as a dict (see evaluation.Evaluator.translation); raises cli.UserError."""
   started = time.perf_counter()
   config = config_lib.resolve(None, {"dataset": dataset})
@@ -56,7 +58,7 @@ def evaluate(model_path, dataset, split="test", direction="a2b", which="all",
                                    max_images)
   model = translate.TiledModel(translate.resolve_model(model_path), "fp32", 0, 0, 0)
   result = {"model": model_path, "dataset": dataset, "split": split, "direction": direction,
-            **evaluator.translation(model, direction, which, inception_weights)}
+            **evaluator.translation(model, direction, which, inception)}
   result["seconds"] = round(time.perf_counter() - started, 1)
   return result
 
@@ -67,7 +69,7 @@ def main(argv):
   if direction == "auto":
     direction = "b2a" if "b2a" in FLAGS.model.replace("\\", "/").split("/") else "a2b"
   result = evaluate(FLAGS.model, FLAGS.dataset, FLAGS.split, direction, FLAGS.metrics,
-                    FLAGS.inception_weights, FLAGS.max_images)
+                    FLAGS.inception, FLAGS.max_images)
   if "fid_skipped" in result:
     sys.stderr.write(f"FID and KID skipped: {result['fid_skipped']}\n")
   line = json.dumps(result)

@@ -19,6 +19,7 @@ C++ loader (TF Serving, saved_model_cli) finds them and each weight is stored on
 """
 
 import contextlib
+import json
 import os
 import time
 
@@ -26,6 +27,7 @@ import tensorflow as tf
 from absl import flags, logging
 
 from cyclegan import any_size
+from cyclegan import best_checkpoint
 from cyclegan import cli
 from cyclegan import cut_models
 from cyclegan import files
@@ -202,30 +204,85 @@ def directions(config):
   return DIRECTIONS if config.model == "cycle_gan" else {"a2b": DIRECTIONS["a2b"]}
 
 
-def restore_generators(workdir):
-  """float32 generators with the newest readable checkpoint's weights; the training precision
-  does not matter."""
+def _checkpoint_to_restore(workdir, which, direction):
+  """(checkpoint path, or None for the newest readable one; what it is) for --checkpoint."""
+  if which == "best":
+    record = best_checkpoint.read(workdir).get(direction)
+    if record:
+      return (best_checkpoint.checkpoint_path(workdir, direction),
+              f"the best by held-out {record['metric']} ({record['value']:.4g})")
+    logging.info("no best %s checkpoint in %s (no held-out evaluation has run): exporting the "
+                 "latest", direction, workdir)
+    return None, "the latest"
+  if which == "latest":
+    return None, "the latest"
+  if not str(which).isdigit():
+    raise ValueError(f"--checkpoint takes best, latest or a step number, got {which!r}")
+  kept = {workdir_lib.checkpoint_step(p): p for p in workdir_lib.checkpoints(workdir)}
+  for record in best_checkpoint.read(workdir).values():
+    kept.setdefault(record["step"],
+                    os.path.join(best_checkpoint.folder(workdir), record["checkpoint"]))
+  if int(which) not in kept:
+    raise ValueError(f"{workdir} has no checkpoint of step {which}; it has steps "
+                     f"{', '.join(map(str, sorted(kept))) or 'none'}")
+  return kept[int(which)], f"step {which}"
+
+
+def restore_generators(workdir, which="latest"):
+  """float32 generators and, for each, (the checkpoint it was restored from, what that is):
+  `which` is best (each direction's own), latest (the newest readable) or a step. The
+  training precision does not matter."""
   config = _workdir_config(workdir)
   build = (models.resnet_generator if config.model == "cycle_gan" else
            cut_models.networks(config.antialias)[0])
-  generators = {name: build(config.ngf, config.n_blocks, name=name)
-                for name in directions(config).values()}
-  checkpoint = tf.train.Checkpoint(**generators)
-  checkpoint_path = workdir_lib.restore_newest(
-      workdir, lambda path: checkpoint.restore(path).expect_partial()
-      .assert_existing_objects_matched(), move_aside=False)
-  if not checkpoint_path:
-    raise FileNotFoundError(f"no checkpoint in {workdir_lib.checkpoint_dir(workdir)}: train first")
-  return generators, checkpoint_path
+  generators, sources = {}, {}
+  for direction, name in directions(config).items():
+    generators[name] = build(config.ngf, config.n_blocks, name=name)
+    checkpoint = tf.train.Checkpoint(**{name: generators[name]})
+    restore = lambda path: (checkpoint.restore(path).expect_partial()
+                            .assert_existing_objects_matched())
+    path, what = _checkpoint_to_restore(workdir, which, direction)
+    if path:
+      restore(path)
+    else:
+      path = workdir_lib.restore_newest(workdir, restore, move_aside=False)
+    if not path:
+      raise FileNotFoundError(f"no checkpoint in {workdir_lib.checkpoint_dir(workdir)}: train "
+                              "first")
+    sources[name] = path, what
+  return generators, sources
 
 
-def export_from_workdir(workdir, export_dir, version=None):
-  """Exports a2b and b2a (CUT: a2b) from the workdir's latest checkpoint; returns
-  {direction: path}."""
-  generators, checkpoint_path = restore_generators(workdir)
-  paths = {d: save(generators[g], os.path.join(export_dir, d), version)
-           for d, g in DIRECTIONS.items() if g in generators}
-  logging.info("exported %s to %s", checkpoint_path, ", ".join(paths.values()))
+def _metrics_record(workdir, checkpoint_path, which, direction):
+  """What metrics.json says of an export: its step, which checkpoint, and the held-out
+  evaluation of that step where there was one."""
+  step = workdir_lib.checkpoint_step(checkpoint_path)
+  evaluated = {r["step"]: r["metrics"] for r in workdir_lib.read_evaluations(workdir)}
+  best = best_checkpoint.read(workdir).get(direction)
+  return {"direction": direction, "step": step, "checkpoint": which,
+          "checkpoint_path": os.path.relpath(checkpoint_path, workdir),
+          "workdir": os.path.abspath(workdir),
+          "best_metric": best["metric"] if best else None,
+          "is_best": bool(best) and best["step"] == step,
+          "metrics": evaluated.get(step) or (best["metrics"] if best and best["step"] == step
+                                             else {})}
+
+
+def export_from_workdir(workdir, export_dir, version=None, which="latest"):
+  """Exports a2b and b2a (CUT: a2b) from a checkpoint (`which`: best, latest or a step), each
+  version with a metrics.json; returns {direction: path}."""
+  generators, sources = restore_generators(workdir, which)
+  paths = {}
+  for direction, name in DIRECTIONS.items():
+    if name not in generators:
+      continue
+    path, what = sources[name]
+    paths[direction] = save(generators[name], os.path.join(export_dir, direction), version)
+    record = _metrics_record(workdir, path, str(which), direction)
+    with files.atomic_open(os.path.join(paths[direction], "metrics.json")) as f:
+      json.dump(record, f, indent=2)
+    logging.info("exported %s: step %d, %s (%s), to %s", direction, record["step"], what, path,
+                 paths[direction])
   return paths
 
 
@@ -290,13 +347,16 @@ def write_formats(model_path, formats, size=None):
 
 def define_flags():
   flags.DEFINE_string("workdir", None, "Training workdir with config.json and checkpoints/: "
-                      "exports a2b/ and b2a/ SavedModels from its latest checkpoint.")
+                      "exports a2b/ and b2a/ SavedModels from one of its checkpoints "
+                      "(--checkpoint).")
   flags.DEFINE_string("model", None, "Instead of --workdir: an existing export (its base path, "
                       "saved_models/<name>/a2b, a version folder, or a published model's "
                       "name) to convert to --formats (default all).")
   flags.DEFINE_string("export_dir", None,
                       "Where to write a2b/ and b2a/ (default: saved_models/<name>).")
   flags.DEFINE_integer("version", None, "Version folder to write (default: the next free number).")
+  flags.DEFINE_string("checkpoint", "best", "With --workdir, which checkpoint: best (by held-out "
+                      "evaluation; the latest where none ran), latest, or a step number.")
   flags.DEFINE_enum("cpu_kernels", "auto", list(kernels.MODES),
                     "CPU convolution routes (cyclegan/kernels/) in the SavedModels' graphs: "
                     "auto takes them where they pay, when exporting on a machine without a "
@@ -318,7 +378,7 @@ def main(argv):
     return
   try:
     export_dir = flags_.export_dir or _workdir_config(flags_.workdir).resolved_export_dir
-    paths = export_from_workdir(flags_.workdir, export_dir, flags_.version)
+    paths = export_from_workdir(flags_.workdir, export_dir, flags_.version, flags_.checkpoint)
   except (OSError, ValueError) as e:
     raise cli.UserError(str(e)) from None
   print(usage(paths))

@@ -64,7 +64,8 @@ def main(argv):
   except KeyboardInterrupt:
     sys.exit("interrupted: run the same command again to resume")
   if workdir and config.export:  # The chief exports; other workers return None.
-    print(export_lib.usage(export_lib.export_from_workdir(workdir, config.resolved_export_dir)))
+    print(export_lib.usage(export_lib.export_from_workdir(
+        workdir, config.resolved_export_dir, which=config.export_checkpoint)))
 
 
 if __name__ == "__main__":

@@ -32,12 +32,11 @@ from cyclegan import cut_lib
 from cyclegan import cut_models
 from cyclegan import runtime
 from cyclegan import workdir as workdir_lib
-from cyclegan import evaluation
 from cyclegan import image_pool
-from cyclegan import images as images_lib
 from cyclegan import input_pipeline
 from cyclegan import losses
 from cyclegan import models
+from cyclegan import monitor as monitor_lib
 
 
 class TrainingError(cli.UserError, RuntimeError):
@@ -311,10 +310,6 @@ def _format_duration(seconds):
       f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-# Images per domain the training-time evaluator keeps (the built-in dataset's 64 held-out pairs).
-EVAL_IMAGES = 64
-
-
 class _Summaries:
   """TensorBoard: scalars, and the A, A->B, A->B->A / B, B->A, B->A->B grids."""
 
@@ -348,33 +343,6 @@ class _Summaries:
 
   def flush(self):
     self.writer.flush()
-
-
-def _uint8_translation(generator):
-  """uint8 batches -> uint8 through a generator in this process, as an export would."""
-  @tf.function(reduce_retracing=True, autograph=False)
-  def translate(images):
-    return images_lib.through_unit_range(generator, images)
-  return translate
-
-
-def _training_evaluation(config, state, domains):
-  """--eval_every's numbers, from evaluation.Evaluator on the test split (else the training
-  split): cycle L1 both ways (CycleGAN), and A->B's paired metrics where there is ground truth."""
-  split = "test" if "testA" in domains and "testB" in domains else "train"
-  evaluator = evaluation.Evaluator(
-      config, {"a": domains[f"{split}A"], "b": domains[f"{split}B"]}, EVAL_IMAGES)
-  a2b = _uint8_translation(state.models["generator_a2b"])
-  b2a = ("generator_b2a" in state.models and
-         _uint8_translation(state.models["generator_b2a"]))
-
-  def evaluate():
-    values = evaluator.cycle_l1(a2b, b2a) if b2a else {}
-    if evaluator.has_pairs:
-      paired = evaluator.translation(a2b, "a2b", which="paired")["paired"]
-      values.update({f"a2b_{k}": v for k, v in paired.items()})
-    return values
-  return evaluate
 
 
 def _init_generators(config, state):
@@ -446,12 +414,13 @@ def train(config, strategy=None):
   train_steps = make_train_calls(config, state, strategy)
   summaries = _Summaries(config, state, domains,
                          workdir_lib.tensorboard_dir(workdir) if chief else None)
-  evaluate = _training_evaluation(config, state, domains) if config.eval_every else None
+  monitor = monitor_lib.Monitor(config, state, domains, workdir, chief, start, last_step,
+                               summaries)
   logging.info("training %s: steps %d..%d, %d steps/epoch, %d replicas, %s",
                config.name, start, last_step, per_epoch, strategy.num_replicas_in_sync,
                config.precision)
   try:
-    _loop(config, state, train_steps, iter(dataset), manager, summaries, evaluate, start,
+    _loop(config, state, train_steps, iter(dataset), manager, summaries, monitor, start,
           last_step, per_epoch)
   finally:
     summaries.flush()
@@ -465,23 +434,24 @@ def train(config, strategy=None):
 CALL_SECONDS = 1.0
 
 
-def steps_for_call(config, step, last_step, step_s):
+def steps_for_call(config, step, last_step, step_s, eval_every=0):
   """Steps the next call runs: up to the next step that logs, writes images, evaluates or
   saves, and --steps_per_call (0: about CALL_SECONDS of steps at the measured step time)."""
   wanted = config.steps_per_call or (max(1, int(CALL_SECONDS / step_s)) if step_s else 1)
-  events = [e for e in (config.log_every, config.image_every, config.eval_every,
+  events = [e for e in (config.log_every, config.image_every, eval_every,
                         config.checkpoint_every) if e > 0]
   return max(1, min([wanted, last_step - step] + [e - step % e for e in events]))
 
 
-def _loop(config, state, train_steps, iterator, manager, summaries, evaluate, start, last_step,
+def _loop(config, state, train_steps, iterator, manager, summaries, monitor, start, last_step,
           per_epoch):
   schedule = learning_rate_schedule(config, per_epoch)
   timer_start, timer_steps, first_step_s, step_s = time.perf_counter(), 0, None, None
   step = start
   try:
     while step < last_step:
-      steps = steps_for_call(config, step, last_step, step_s) if first_step_s else 1
+      steps = (steps_for_call(config, step, last_step, step_s, monitor.every)
+               if first_step_s else 1)
       values, done = train_steps(iterator, tf.constant(steps))
       values = {k: float(v) for k, v in values.items()}
       step += int(done)
@@ -497,20 +467,25 @@ def _loop(config, state, train_steps, iterator, manager, summaries, evaluate, st
       else:
         timer_steps += int(done)
         step_s = (time.perf_counter() - timer_start) / timer_steps
+      raised = {}
       if step % config.log_every == 0 or step == last_step:
         lr = float(schedule(step - 1))  # The rate this step used.
         summaries.scalars(step, values, prefix="loss/")
         summaries.scalars(step, {"learning_rate": lr})
         _log_progress(config, step, last_step, per_epoch, values, lr, step_s or first_step_s)
+        raised.update(monitor.losses(step, values))
       if step % config.image_every == 0 or step == last_step:
         summaries.images(step)
-      if evaluate and (step % config.eval_every == 0 or step == last_step):
-        quality = evaluate()
-        summaries.scalars(step, quality, prefix="eval/")
-        logging.info("step %d eval: %s", step,
-                     " ".join(f"{k}={v:.4f}" for k, v in quality.items()))
       if step % config.checkpoint_every == 0:
         _save(manager, step)
+      if monitor.due(step, last_step):
+        raised.update(monitor.evaluate(step, lambda: _saved_at(manager, step)))
+      if raised and config.stop_on_alarm:
+        _saved_at(manager, step)
+        raise TrainingError(
+            f"step {step}: stopped on the alarm above (--stop_on_alarm); checkpoints are kept "
+            f"in {manager.directory}: run again without --stop_on_alarm to go on, or export "
+            "one with python -m cyclegan.export")
   except KeyboardInterrupt:
     step = int(state.step.numpy())
     logging.warning("interrupted at step %d: saving a checkpoint", step)
@@ -564,6 +539,13 @@ def _save(manager, step):
     raise TrainingError(f"step {step}: saving a checkpoint failed ({reason}); the newest intact "
                         f"checkpoint is {newest}; free space in {manager.directory} and run "
                         "again to resume from it") from None
+
+
+def _saved_at(manager, step):
+  """The path of a checkpoint at `step`, saved now if the last one is older."""
+  if _checkpoint_step(manager) != step:
+    _save(manager, step)
+  return manager.latest_checkpoint
 
 
 def _checkpoint_step(manager):

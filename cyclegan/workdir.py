@@ -3,10 +3,14 @@
   <workdir>/config.json    the resolved config (`auto` kept as auto), for resume and export
   <workdir>/checkpoints/   tf.train.CheckpointManager's ckpt-<step> files (an unreadable one
                            moved aside as ckpt-<step>.*.corrupt)
-  <workdir>/tensorboard/   losses, learning rate, image grids, quality metrics
+  <workdir>/tensorboard/   losses, learning rate, image grids, quality metrics, alarms
+  <workdir>/best/          the best checkpoint by held-out evaluation (best_checkpoint.py)
+  <workdir>/samples/       index.html: the evaluations' grids and metric curve, to open in a
+                           browser; evaluations.jsonl: one line per held-out evaluation
 """
 
 import glob
+import json
 import os
 
 import tensorflow as tf
@@ -27,6 +31,37 @@ def checkpoint_dir(workdir):
 
 def tensorboard_dir(workdir):
   return os.path.join(workdir, "tensorboard")
+
+
+def samples_dir(workdir):
+  return os.path.join(workdir, "samples")
+
+
+def checkpoint_step(path):
+  """The step of a checkpoint path (`.../ckpt-<step>`)."""
+  return int(path.rsplit("-", 1)[1])
+
+
+def read_evaluations(workdir, up_to=None):
+  """The held-out evaluations, oldest first, one per step (the last written wins), without
+  those after step `up_to`; a line cut short by a kill is skipped."""
+  path = os.path.join(samples_dir(workdir), "evaluations.jsonl")
+  by_step = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if up_to is None or record["step"] <= up_to:
+          by_step[record["step"]] = record
+  return [by_step[step] for step in sorted(by_step)]
+
+
+def write_evaluations(workdir, records):
+  with files.atomic_open(os.path.join(samples_dir(workdir), "evaluations.jsonl")) as f:
+    f.writelines(json.dumps(record) + "\n" for record in records)
 
 
 def load_config(workdir):

@@ -36,7 +36,7 @@ def tiny_config(tmp_path, **overrides):
   """A model small enough that a step takes milliseconds, on the built-in dataset."""
   values = dict(
       TINY, name="tiny", dataset="synthetic", pool_size=3, epochs=1, epochs_decay=1, log_every=1,
-      image_every=2, checkpoint_every=2,
+      image_every=2, checkpoint_every=2, eval_every=0,
       workdir=str(tmp_path / "workdir"), export_dir=str(tmp_path / "export"), export=False)
   values.update(overrides)
   return config_lib.make_config(values)

@@ -34,7 +34,7 @@ def _evaluate(*args):
 
 
 def test_command_prints_and_writes_one_json_line(tiny_export, tmp_path):
-  done = _evaluate("--model", tiny_export, "--inception_weights", "random", "--max_images", "8",
+  done = _evaluate("--model", tiny_export, "--inception", "random", "--max_images", "8",
                    "--output", str(tmp_path / "m.json"))
   assert done.returncode == 0, done.stderr[-3000:]
   result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -50,11 +50,13 @@ def test_without_inception_weights_fid_is_skipped_or_an_error(tiny_export, tmp_p
   explicitly without weights is a one-line error with status 2."""
   run = lambda *args: subprocess.run(
       [sys.executable, "-m", "cyclegan.evaluate", "--model", tiny_export, *args], cwd=REPO,
-      env={**os.environ, "KERAS_HOME": str(tmp_path)}, capture_output=True, text=True)
+      env={**os.environ, "KERAS_HOME": str(tmp_path), "CYCLEGAN_HOME": str(tmp_path),
+           "TORCH_HOME": str(tmp_path)}, capture_output=True, text=True)
   done = run()
   assert done.returncode == 0, done.stderr[-2000:]
   result = json.loads(done.stdout)
-  assert "paired" in result and "fid" not in result and "InceptionV3" in result["fid_skipped"]
+  assert "paired" in result and "fid" not in result
+  assert "pt_inception-2015-12-05" in result["fid_skipped"] and "InceptionV3" in result["fid_skipped"]
   assert "FID and KID skipped" in done.stderr
   done = run("--metrics", "fid")
   assert done.returncode == 2 and "Traceback" not in done.stderr
@@ -68,7 +70,7 @@ def test_errors_are_one_line_with_status_2(tiny_export, tmp_path):
 
 def test_real_images_fid_path(tiny_export, shared_data):
   result = evaluate.evaluate(tiny_export, str(shared_data / "monet2photo"), which="fid",
-                             inception_weights="random", max_images=6)
+                             inception="random", max_images=6)
   assert result["images"] == 6 and result["fid"] >= 0 and "paired" not in result
   with pytest.raises(Exception, match="ground truth"):
     evaluate.evaluate(tiny_export, str(shared_data / "monet2photo"), which="paired", max_images=2)
@@ -78,11 +80,11 @@ def test_fid_is_zero_for_the_true_mapping_and_matches_scipy_for_the_baseline(tin
                                                                           monkeypatch):
   """With a feature extractor whose features are known (mean colour) and the exact A->B
   mapping as the model: outputs equal targets, and the baseline is FID(testA, testB)."""
-  monkeypatch.setattr(metrics, "inception", lambda weights: keras.Sequential(
-      [keras.Input((None, None, 3)), keras.layers.GlobalAveragePooling2D()]))
+  monkeypatch.setattr(metrics, "inception", lambda which: (keras.Sequential(
+      [keras.Input((None, None, 3)), keras.layers.GlobalAveragePooling2D()]), "mean colour"))
   monkeypatch.setattr(evaluate.translate, "TiledModel", lambda *args: synthetic.to_domain_b)
   result = evaluate.evaluate(tiny_export, config_lib.SYNTHETIC, which="fid",
-                             inception_weights="random", max_images=32)
+                             inception="random", max_images=32)
   c = config_lib.make_config({})
   test_a = synthetic.make_splits(c.synthetic_size, c.synthetic_train, c.synthetic_test)["testA"]
   colours = [(x[:32] / 127.5 - 1).mean((1, 2)) for x in (test_a, synthetic.to_domain_b(test_a))]

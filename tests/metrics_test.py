@@ -5,6 +5,7 @@ import pytest
 import scipy.linalg
 import scipy.signal
 
+from cyclegan import fid_inception
 from cyclegan import metrics
 
 
@@ -36,6 +37,18 @@ def test_fid_of_samples_converges_to_the_gaussians_distance():
   y = rng.normal(size=(20000, 4)) * 2 + 1
   # |mu|^2 = 4; trace term: 4 * (1 + 4 - 2 * 2) = 4.
   assert metrics.fid(x, y) == pytest.approx(8.0, rel=0.03)
+
+
+def test_fid_with_fewer_images_than_dimensions_equals_scipy_sqrtm_of_the_covariances():
+  """The nuclear-norm route (n < d, as with 2048-d Inception features) against pytorch-fid's
+  arithmetic: scipy's sqrtm of S1 S2 on the sample covariances (rank-deficient here)."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(30, 64)) @ rng.normal(size=(64, 64)) * 0.3
+  y = rng.normal(size=(25, 64)) @ rng.normal(size=(64, 64)) * 0.3 + 0.2
+  (mu1, s1), (mu2, s2) = [(f.mean(0), np.cov(f, rowvar=False)) for f in (x, y)]
+  want = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+  assert metrics.fid(x, y) == pytest.approx(want, rel=1e-6)
+  assert metrics.fid(x, y) == pytest.approx(metrics.frechet_distance(mu1, s1, mu2, s2), rel=1e-6)
 
 
 def test_kid_matches_a_direct_double_loop():
@@ -89,7 +102,8 @@ def test_paired_metrics_closed_form():
 
 
 def test_inception_features_for_mixed_sizes_with_random_weights():
-  model = metrics.inception("random")
+  model, kind = metrics.inception("random")
+  assert kind == "keras"
   rng = np.random.default_rng(4)
   images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in
             [(40, 30, 3), (40, 30, 3), (64, 64, 3)]]
@@ -98,6 +112,54 @@ def test_inception_features_for_mixed_sizes_with_random_weights():
 
 
 def test_missing_weights_say_how_to_get_them(tmp_path, monkeypatch):
-  monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-  with pytest.raises(metrics.MissingWeightsError, match="download https://.*--inception_weights"):
+  for name in ("KERAS_HOME", "CYCLEGAN_HOME", "TORCH_HOME"):
+    monkeypatch.setenv(name, str(tmp_path))
+  with pytest.raises(metrics.MissingWeightsError, match="download https://.*--inception"):
     metrics.inception("keras")
+  with pytest.raises(metrics.MissingWeightsError,
+                     match=f"download {fid_inception.URL} to {tmp_path}.*--inception"):
+    metrics.inception("fid2015")
+  with pytest.raises(metrics.MissingWeightsError, match="2015.*or Keras's"):
+    metrics.inception_file("auto")
+  with pytest.raises(metrics.MissingWeightsError, match="neither auto, fid2015, keras nor a file"):
+    metrics.inception_file(str(tmp_path / "no.pth"))
+
+
+def test_the_2015_inception_is_found_where_pytorch_fid_keeps_it_and_preferred(tmp_path,
+                                                                              monkeypatch):
+  """auto takes the 2015 file from our cache or from torch hub's (where pytorch-fid downloads
+  it) before Keras's weights; an explicit file picks its kind by extension."""
+  for name in ("KERAS_HOME", "CYCLEGAN_HOME", "TORCH_HOME"):
+    monkeypatch.setenv(name, str(tmp_path / name))
+  keras_file = tmp_path / "KERAS_HOME" / "models" / metrics.KERAS_WEIGHTS
+  keras_file.parent.mkdir(parents=True)
+  keras_file.write_bytes(b"")
+  assert metrics.inception_file("auto") == ("keras", str(keras_file))
+  hub_file = tmp_path / "TORCH_HOME" / "hub" / "checkpoints" / fid_inception.FILE_NAME
+  hub_file.parent.mkdir(parents=True)
+  hub_file.write_bytes(b"")
+  assert metrics.inception_file("auto") == ("fid2015", str(hub_file))
+  ours = tmp_path / "CYCLEGAN_HOME" / fid_inception.FILE_NAME
+  ours.parent.mkdir()
+  ours.write_bytes(b"")
+  assert metrics.inception_file("fid2015") == ("fid2015", str(ours))
+  assert metrics.inception_file(str(keras_file)) == ("keras", str(keras_file))
+  assert metrics.inception_file(str(hub_file)) == ("fid2015", str(hub_file))
+
+
+def _textures(count, seed, low=60, high=190):
+  """Smooth random colour fields with fine grain, values kept off 0 and 255 (no clipping)."""
+  rng = np.random.default_rng(seed)
+  coarse = rng.uniform(low, high, (count, 4, 4, 3))
+  smooth = np.repeat(np.repeat(coarse, 8, 1), 8, 2)
+  return list(np.clip(smooth + rng.normal(0, 5, smooth.shape), 0, 255).astype(np.uint8))
+
+
+def test_swd_is_small_within_a_distribution_and_measures_a_shift_in_grey_levels():
+  """Two samples of one distribution are close; shifting every value by 40 levels moves each
+  projection by 40 |sum of the direction's components|, on average 40 sqrt(2/pi) = 31.9 for
+  random unit directions."""
+  same = metrics.swd(_textures(32, 0), _textures(32, 1))
+  shifted = metrics.swd(_textures(32, 0), [x + 40 for x in _textures(32, 1)])
+  assert same < 4 and shifted == pytest.approx(40 * np.sqrt(2 / np.pi), rel=0.15)
+  assert metrics.swd(_textures(32, 0), _textures(32, 0)) == 0

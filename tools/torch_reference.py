@@ -1,6 +1,6 @@
 """The PyTorch reference's training iteration, timed on this machine for a fair comparison.
 
-  pip install torch==2.13.0
+  pip install -e ".[torch]"
   python tools/torch_reference.py --size 256 --steps 5
 
 Written from the reference's published architecture and recipe (ResNet-9, 70x70 PatchGAN, LSGAN
