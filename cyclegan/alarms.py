@@ -23,14 +23,13 @@ G_HIGH = {"lsgan": 0.8, "vanilla": 3.0}
 STRETCH_FRACTION = 0.05
 STRETCH_LOGS = 10
 
-NAMES = ("collapse", "identity", "discriminator_wins")
-_ARROWS = {"a2b": "A->B", "b2a": "B->A"}
+ARROWS = {"a2b": "A->B", "b2a": "B->A"}
 
 
-def from_evaluation(step, values):
+def from_evaluation(step, values, model="cycle_gan"):
   """{alarm name: message} from one held-out evaluation's values (evaluation.Evaluator)."""
   raised = {}
-  for direction, arrow in _ARROWS.items():
+  for direction, arrow in ARROWS.items():
     spread, change = values.get(f"{direction}_spread"), values.get(f"{direction}_change")
     if spread is not None and spread < SPREAD_MIN:
       raised[f"collapse_{direction}"] = (
@@ -42,7 +41,8 @@ def from_evaluation(step, values):
       raised[f"identity_{direction}"] = (
           f"step {step}: alarm: the {arrow} outputs nearly equal their inputs (mean change "
           f"{change:.4f}, alarm under {CHANGE_MIN}): nothing has been learned yet. Try more "
-          "steps, a lower --lambda_identity, or check that the A and B folders differ")
+          "steps, " + ("a lower --lambda_identity" if model == "cycle_gan" else
+                       "a lower --lambda_nce") + ", or check that the A and B images differ")
   return raised
 
 

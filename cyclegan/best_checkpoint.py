@@ -2,7 +2,8 @@
 CheckpointManager's rotation. A CycleGAN's two directions are two models (two exports), so
 each has its own best: A->B may be best at step 500 and B->A at step 1250.
 
-  <workdir>/best/best.json      {direction: {"step", "metric", "value", "metrics", "checkpoint"}}
+  <workdir>/best/best.json      {direction: {"step", "metric", "inception", "value", "metrics",
+                                "checkpoint"}}
   <workdir>/best/step-<N>/      hard links to (or, where the filesystem has none, copies of)
                                 checkpoint ckpt-<N>'s files: rotation deletes its own names only
 """
@@ -31,11 +32,12 @@ def choose_metric(requested, has_pairs, has_inception):
                  "needs none")
 
 
-def is_better(metric, value, best):
-  """Whether `value` beats the direction's best record so far (None: no best yet)."""
+def is_better(metric, value, best, inception=None):
+  """Whether `value` beats the direction's best record so far (None: no best yet). A record
+  of another metric, or of KID/FID on another Inception (another scale), is beaten by any."""
   if value is None or not math.isfinite(value):
     return False
-  if best is None or best["metric"] != metric:
+  if best is None or best["metric"] != metric or best.get("inception") != inception:
     return True
   return value > best["value"] if METRICS[metric] else value < best["value"]
 
@@ -76,14 +78,30 @@ def keep(workdir, checkpoint_prefix, records):
   leaves the old best or the new one, never half of one."""
   step = next(iter(records.values()))["step"]
   step_folder = os.path.join(folder(workdir), f"step-{step}")
-  if not os.path.isdir(step_folder):
+  kept = read(workdir)
+  if not any(r["step"] == step for r in kept.values()):  # else this checkpoint, kept already
+    shutil.rmtree(step_folder, ignore_errors=True)  # a step of an abandoned run
     with files.atomic_path(step_folder) as temporary:
       os.makedirs(temporary)
       for source in glob.glob(glob.escape(checkpoint_prefix) + ".*"):
         _link_or_copy(source, os.path.join(temporary, os.path.basename(source)))
-  kept = read(workdir)
   for direction, record in records.items():
     kept[direction] = {**record, "checkpoint": f"step-{step}/{os.path.basename(checkpoint_prefix)}"}
+  _write(workdir, kept)
+
+
+def forget_after(workdir, step):
+  """Drops the records of steps after `step` (a run resumed from an earlier checkpoint, the
+  later ones lost) and their checkpoints; returns what is left."""
+  kept = {d: r for d, r in read(workdir).items() if r["step"] <= step}
+  if kept != read(workdir):
+    _write(workdir, kept)
+  return kept
+
+
+def _write(workdir, kept):
+  """best.json, atomically; then removes the checkpoints no direction holds any more."""
+  os.makedirs(folder(workdir), exist_ok=True)
   with files.atomic_open(_record_path(workdir)) as f:
     json.dump(kept, f, indent=2)
   held = {os.path.dirname(record["checkpoint"]) for record in kept.values()}

@@ -36,6 +36,7 @@ def define_flags():
                       "pytorch-fid and published FIDs use, from pt_inception-2015-12-05-6726825d"
                       ".pth), keras (Keras's ImageNet weights), auto (fid2015 if its file is "
                       "found, else keras), a .pth or .h5 file, or random (tests only).")
+  flags.DEFINE_alias("inception_weights", "inception")
   flags.DEFINE_integer("max_images", 0, "Use at most this many images per domain (0: all).")
   flags.DEFINE_string("output", None, "Also write the JSON line to this file.")
   flags.mark_flag_as_required("model")

@@ -12,9 +12,11 @@ from cyclegan import metrics
 GRID_IMAGES = 4
 
 
-def _images(split, limit):
+def _images(split, limit, size):
   count = min(split.size, limit) if limit else split.size
-  return [split.load(i).numpy() for i in range(count)]
+  images = (split.load(i) for i in range(count))
+  return [(input_pipeline.resize_square(image, size) if size else image).numpy()
+          for image in images]
 
 
 def _translate(translate, images):
@@ -41,11 +43,12 @@ def change(outputs, inputs):
 
 
 class Evaluator:
-  """The A and B images of one split (at most max_images each, 0: all), loaded once."""
+  """The A and B images of one split (at most max_images each, 0: all), loaded once, as they
+  are or (size) resized to size x size: a run's evaluations need one size (and a small one)."""
 
-  def __init__(self, config, splits, max_images=0):
+  def __init__(self, config, splits, max_images=0, size=None):
     """splits: {"a": Split, "b": Split}, e.g. from input_pipeline.load_domains."""
-    self.images = {k: _images(split, max_images) for k, split in splits.items()}
+    self.images = {k: _images(split, max_images, size) for k, split in splits.items()}
     self.has_pairs = input_pipeline.has_pairs(config)
     self._target_features = {}  # {(inception kind, domain): features}: real images never change
 
@@ -92,7 +95,7 @@ class Evaluator:
     fn}; CUT has a2b only): SWD against the real target images (always), KID and FID with an
     Inception ((model, kind) or None), the paired metrics with ground truth, cycle L1 with both
     directions, and the alarms' spread and change; metric names prefixed by the direction.
-    Returns (values, grids): grids {"a_to_b": uint8 image of rows A, A->B(, A->B->A)}."""
+    Needs images of one size (Evaluator's size). Returns (values, grids): grids {"a_to_b": uint8 image of rows A, A->B(, A->B->A)}."""
     values, grids, outputs = {}, {}, {}
     for direction, translate in translations.items():
       source, target = ("a", "b") if direction == "a2b" else ("b", "a")
@@ -118,6 +121,5 @@ class Evaluator:
         rebuilt = _translate(translations[other], outputs[direction])
         values[f"cycle_l1_{source}"] = change(rebuilt, self.images[source])
         rows.append(rebuilt[shown])
-      if len({image.shape for row in rows for image in row}) == 1:
-        grids[f"{source}_to_{'b' if source == 'a' else 'a'}"] = _grid(*rows)
+      grids[f"{source}_to_{'b' if source == 'a' else 'a'}"] = _grid(*rows)
     return values, grids

@@ -151,8 +151,9 @@ def next_version(base):
   return max(taken, default=0) + 1
 
 
-def save(generator, base, version=None):
-  """Writes base/<version>/ atomically (TF Serving ignores the non-numeric temp name)."""
+def save(generator, base, version=None, metrics=None):
+  """Writes base/<version>/ atomically (TF Serving ignores the non-numeric temp name), with
+  `metrics` (a dict) as metrics.json beside the SavedModel."""
   version = version or next_version(base)
   path = os.path.join(base, str(version))
   if os.path.exists(path):
@@ -160,6 +161,9 @@ def save(generator, base, version=None):
   module = ServingModule(generator)
   with files.atomic_path(path) as temporary:
     tf.saved_model.save(module, temporary, signatures=module.signatures())
+    if metrics is not None:
+      with open(os.path.join(temporary, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
   return path
 
 
@@ -205,17 +209,18 @@ def directions(config):
 
 
 def _checkpoint_to_restore(workdir, which, direction):
-  """(checkpoint path, or None for the newest readable one; what it is) for --checkpoint."""
+  """(checkpoint path, or None for the newest readable one; which it is: best, latest or the
+  step; what it is, in words) for --checkpoint."""
   if which == "best":
     record = best_checkpoint.read(workdir).get(direction)
     if record:
-      return (best_checkpoint.checkpoint_path(workdir, direction),
+      return (best_checkpoint.checkpoint_path(workdir, direction), "best",
               f"the best by held-out {record['metric']} ({record['value']:.4g})")
     logging.info("no best %s checkpoint in %s (no held-out evaluation has run): exporting the "
                  "latest", direction, workdir)
-    return None, "the latest"
+    return None, "latest", "the latest"
   if which == "latest":
-    return None, "the latest"
+    return None, "latest", "the latest"
   if not str(which).isdigit():
     raise ValueError(f"--checkpoint takes best, latest or a step number, got {which!r}")
   kept = {workdir_lib.checkpoint_step(p): p for p in workdir_lib.checkpoints(workdir)}
@@ -225,7 +230,7 @@ def _checkpoint_to_restore(workdir, which, direction):
   if int(which) not in kept:
     raise ValueError(f"{workdir} has no checkpoint of step {which}; it has steps "
                      f"{', '.join(map(str, sorted(kept))) or 'none'}")
-  return kept[int(which)], f"step {which}"
+  return kept[int(which)], str(which), f"step {which}"
 
 
 def restore_generators(workdir, which="latest"):
@@ -241,25 +246,30 @@ def restore_generators(workdir, which="latest"):
     checkpoint = tf.train.Checkpoint(**{name: generators[name]})
     restore = lambda path: (checkpoint.restore(path).expect_partial()
                             .assert_existing_objects_matched())
-    path, what = _checkpoint_to_restore(workdir, which, direction)
+    path, chosen, what = _checkpoint_to_restore(workdir, which, direction)
     if path:
-      restore(path)
+      try:
+        restore(path)
+      except workdir_lib.UNREADABLE as e:
+        raise ValueError(f"checkpoint {path} ({what}) is unreadable "
+                         f"({str(e).strip().splitlines()[0][:160]}): export another with "
+                         "--checkpoint latest or a step") from None
     else:
       path = workdir_lib.restore_newest(workdir, restore, move_aside=False)
     if not path:
       raise FileNotFoundError(f"no checkpoint in {workdir_lib.checkpoint_dir(workdir)}: train "
                               "first")
-    sources[name] = path, what
+    sources[name] = path, chosen, what
   return generators, sources
 
 
-def _metrics_record(workdir, checkpoint_path, which, direction):
+def _metrics_record(workdir, checkpoint_path, chosen, direction):
   """What metrics.json says of an export: its step, which checkpoint, and the held-out
   evaluation of that step where there was one."""
   step = workdir_lib.checkpoint_step(checkpoint_path)
   evaluated = {r["step"]: r["metrics"] for r in workdir_lib.read_evaluations(workdir)}
   best = best_checkpoint.read(workdir).get(direction)
-  return {"direction": direction, "step": step, "checkpoint": which,
+  return {"direction": direction, "step": step, "checkpoint": chosen,
           "checkpoint_path": os.path.relpath(checkpoint_path, workdir),
           "workdir": os.path.abspath(workdir),
           "best_metric": best["metric"] if best else None,
@@ -276,11 +286,10 @@ def export_from_workdir(workdir, export_dir, version=None, which="latest"):
   for direction, name in DIRECTIONS.items():
     if name not in generators:
       continue
-    path, what = sources[name]
-    paths[direction] = save(generators[name], os.path.join(export_dir, direction), version)
-    record = _metrics_record(workdir, path, str(which), direction)
-    with files.atomic_open(os.path.join(paths[direction], "metrics.json")) as f:
-      json.dump(record, f, indent=2)
+    path, chosen, what = sources[name]
+    record = _metrics_record(workdir, path, chosen, direction)
+    paths[direction] = save(generators[name], os.path.join(export_dir, direction), version,
+                            record)
     logging.info("exported %s: step %d, %s (%s), to %s", direction, record["step"], what, path,
                  paths[direction])
   return paths

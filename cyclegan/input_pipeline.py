@@ -325,6 +325,12 @@ def same_size_batches(images, batch_size):
     yield batch
 
 
+def resize_square(image, size):
+  """uint8 [H, W, 3] -> uint8 [size, size, 3], resized as training images are: one size for
+  every held-out image of a run, whatever sizes the files have."""
+  return tf.cast(tf.round(_resize(tf.cast(image, tf.float32), size, size)), tf.uint8)
+
+
 def sample_images(domain, config):
   """The first 4 images of a domain, preprocessed for display (TensorBoard grids), as a batch."""
   images = [preprocess_eval(domain.load(tf.constant(i)), config)

@@ -64,8 +64,12 @@ def main(argv):
   except KeyboardInterrupt:
     sys.exit("interrupted: run the same command again to resume")
   if workdir and config.export:  # The chief exports; other workers return None.
-    print(export_lib.usage(export_lib.export_from_workdir(
-        workdir, config.resolved_export_dir, which=config.export_checkpoint)))
+    try:
+      paths = export_lib.export_from_workdir(workdir, config.resolved_export_dir,
+                                             which=config.export_checkpoint)
+    except (OSError, ValueError) as e:
+      raise cli.UserError(f"training is done, but exporting failed: {e}") from None
+    print(export_lib.usage(paths))
 
 
 if __name__ == "__main__":

@@ -415,7 +415,7 @@ def train(config, strategy=None):
   summaries = _Summaries(config, state, domains,
                          workdir_lib.tensorboard_dir(workdir) if chief else None)
   monitor = monitor_lib.Monitor(config, state, domains, workdir, chief, start, last_step,
-                               summaries)
+                               summaries, agree=functools.partial(_on_any_worker, strategy))
   logging.info("training %s: steps %d..%d, %d steps/epoch, %d replicas, %s",
                config.name, start, last_step, per_epoch, strategy.num_replicas_in_sync,
                config.precision)
@@ -480,12 +480,12 @@ def _loop(config, state, train_steps, iterator, manager, summaries, monitor, sta
         _save(manager, step)
       if monitor.due(step, last_step):
         raised.update(monitor.evaluate(step, lambda: _saved_at(manager, step)))
-      if raised and config.stop_on_alarm:
+      if config.stop_on_alarm and step < last_step and monitor.agree(bool(raised)):
         _saved_at(manager, step)
         raise TrainingError(
             f"step {step}: stopped on the alarm above (--stop_on_alarm); checkpoints are kept "
-            f"in {manager.directory}: run again without --stop_on_alarm to go on, or export "
-            "one with python -m cyclegan.export")
+            f"in {manager.directory}: run again with --nostop_on_alarm to go on, or export one "
+            "with python -m cyclegan.export")
   except KeyboardInterrupt:
     step = int(state.step.numpy())
     logging.warning("interrupted at step %d: saving a checkpoint", step)
@@ -549,7 +549,16 @@ def _saved_at(manager, step):
 
 
 def _checkpoint_step(manager):
-  return int(manager.latest_checkpoint.rsplit("-", 1)[1]) if manager.latest_checkpoint else 0
+  return workdir_lib.checkpoint_step(manager.latest_checkpoint) if manager.latest_checkpoint else 0
+
+
+def _on_any_worker(strategy, flag):
+  """Whether `flag` is true on any worker of a multi-worker run (an all-reduce, which every
+  worker must call at the same step); elsewhere the flag itself."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return flag
+  per_replica = strategy.run(lambda: tf.constant(float(flag)))
+  return bool(strategy.reduce("MAX", per_replica, axis=None) > 0)
 
 
 def _log_progress(config, step, last_step, per_epoch, values, lr, step_s):

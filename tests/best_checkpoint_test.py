@@ -24,6 +24,9 @@ def test_better_follows_each_metrics_direction():
   assert not best_checkpoint.is_better("swd", 9.0, record("swd", 8.0))
   assert best_checkpoint.is_better("swd", 9.0, record("psnr", 17.0))  # the metric changed
   assert not best_checkpoint.is_better("psnr", float("nan"), None)
+  kid = {"metric": "kid", "value": 0.01, "inception": "fid2015"}
+  assert not best_checkpoint.is_better("kid", 0.02, kid, "fid2015")
+  assert best_checkpoint.is_better("kid", 0.02, kid, "keras")  # another scale
 
 
 def _restored(prefix):
@@ -58,3 +61,22 @@ def test_each_directions_best_outlives_rotation_until_no_direction_holds_it(tmp_
   assert sorted(os.listdir(best_checkpoint.folder(workdir))) == ["best.json", "step-8"]
   assert best_checkpoint.read(workdir)["a2b"]["checkpoint"] == "step-8/ckpt-8"
   assert _restored(best_checkpoint.checkpoint_path(workdir, "a2b")) == 8.0
+
+
+def test_a_resume_from_an_earlier_step_forgets_the_later_bests(tmp_path):
+  """Checkpoints after the resumed step are lost (moved aside, deleted): their bests go too,
+  and a step of the same number later is linked again, not taken for the old one."""
+  workdir = str(tmp_path)
+  variable = tf.Variable(0.0)
+  manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=variable),
+                                       os.path.join(workdir, "checkpoints"), max_to_keep=5)
+  record = lambda step: {"step": step, "metric": "psnr", "value": float(step), "metrics": {}}
+  for step, direction in ((2, "a2b"), (4, "b2a")):
+    variable.assign(float(step))
+    best_checkpoint.keep(workdir, manager.save(checkpoint_number=step), {direction: record(step)})
+  assert best_checkpoint.forget_after(workdir, 2) == {"a2b": {**record(2),
+                                                              "checkpoint": "step-2/ckpt-2"}}
+  assert sorted(os.listdir(best_checkpoint.folder(workdir))) == ["best.json", "step-2"]
+  variable.assign(40.0)  # another run's step 4
+  best_checkpoint.keep(workdir, manager.save(checkpoint_number=4), {"b2a": record(4)})
+  assert _restored(best_checkpoint.checkpoint_path(workdir, "b2a")) == 40.0

@@ -1,6 +1,8 @@
 """Exports: layout, any size, one copy of the weights, and loaders we did not write."""
 
+import glob
 import io
+import json
 import os
 import subprocess
 import sys
@@ -164,3 +166,23 @@ def test_bytes_signature_turns_phone_photos_upright(trained, tmp_path, orientati
   got = np.asarray(Image.open(io.BytesIO(out["translated_bytes"].numpy()[0]))).astype(int)
   want = loaded.signatures["translate_uint8"](images=tf.constant(upright[None]))["images"]
   assert np.abs(got - want.numpy()[0]).mean() < 3  # TF's JPEG decoder vs Pillow's.
+
+
+def test_best_falls_back_to_the_latest_without_evaluations_and_says_so(trained, tmp_path):
+  """The fixture's run evaluated nothing (eval_every 0): best means the latest, and
+  metrics.json says which it is."""
+  config, _, _ = trained
+  paths = export.export_from_workdir(config.workdir, str(tmp_path / "e"), which="best")
+  record = json.load(open(os.path.join(paths["b2a"], "metrics.json")))
+  assert record["checkpoint"] == "latest" and record["step"] == 2
+  assert record["is_best"] is False and record["metrics"] == {} and record["direction"] == "b2a"
+
+
+def test_an_unreadable_best_checkpoint_is_one_line(tmp_path):
+  config = tiny_config(tmp_path, max_steps=2, eval_every=2)
+  train_lib.train(config)
+  data = glob.glob(os.path.join(config.workdir, "best", "step-2", "ckpt-2.data-*"))[0]
+  os.truncate(data, os.path.getsize(data) // 2)  # a hard link: the rotation's copy too
+  with pytest.raises(ValueError, match=r"checkpoint \S+step-2/ckpt-2 \(the best by held-out psnr"
+                     r" \(.*\)\) is unreadable \(.+\): export another with --checkpoint latest"):
+    export.export_from_workdir(config.workdir, str(tmp_path / "e"), which="best")

@@ -128,10 +128,11 @@ def test_with_an_inception_the_best_is_picked_by_kid(tmp_path, monkeypatch):
       [keras.Input((None, None, 3)), keras.layers.GlobalAveragePooling2D()]), "mean colour"))
   config = tiny_config(tmp_path, max_steps=2, eval_every=-1, dataset=str(tmp_path / "folder"))
   rng = np.random.default_rng(0)
+  sizes = [(36, 36), (50, 41), (30, 45), (64, 90)]  # mixed, and sides not multiples of 4
   for split in ("trainA", "trainB", "testA", "testB"):
     os.makedirs(tmp_path / "folder" / split)
-    for i in range(4):
-      Image.fromarray(rng.integers(0, 256, (36, 36, 3), np.uint8)).save(
+    for i, size in enumerate(sizes):
+      Image.fromarray(rng.integers(0, 256, (*size, 3), np.uint8)).save(
           tmp_path / "folder" / split / f"{i}.png")
   train_lib.train(config)
   record = best_checkpoint.read(config.workdir)["a2b"]
@@ -139,3 +140,16 @@ def test_with_an_inception_the_best_is_picked_by_kid(tmp_path, monkeypatch):
   for key in ("a2b_kid", "a2b_fid", "b2a_kid", "a2b_swd"):
     assert key in record["metrics"], key
   assert "a2b_psnr" not in record["metrics"]  # folders have no pairs
+  assert record["inception"] == "mean colour"
+  grid = Image.open(os.path.join(config.workdir, "samples", "images", "step_00000002_a_to_b.png"))
+  assert grid.size == (4 * 32, 3 * 32)  # each held-out image at crop_size
+
+
+def test_auto_leaves_inception_out_where_the_data_has_ground_truth(tmp_path, monkeypatch):
+  monkeypatch.setattr(metrics, "inception", lambda which: ("a model", "keras"))
+  config = tiny_config(tmp_path)
+  assert monitor._inception(config, has_pairs=True)[0] is None
+  assert monitor._inception(config.replace(best_metric="kid"), True)[0] == ("a model", "keras")
+  assert monitor._inception(config.replace(inception="keras"), True)[0] == ("a model", "keras")
+  assert monitor._inception(config, has_pairs=False)[0] == ("a model", "keras")
+  assert monitor._inception(config.replace(inception="none"), False) == (None, "--inception none")

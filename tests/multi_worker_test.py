@@ -51,7 +51,8 @@ def test_two_workers_stay_in_sync_and_only_the_chief_writes(tmp_path):
   assert "SavedModels:" in chief_out and "SavedModels:" not in other_out
   assert sorted(os.listdir(tmp_path / "e" / "a2b")) == ["1"]
   assert tf.train.latest_checkpoint(str(tmp_path / "w" / "checkpoints")).endswith("ckpt-3")
-  assert sorted(os.listdir(tmp_path / "w")) == ["checkpoints", "config.json", "tensorboard"]
+  assert sorted(os.listdir(tmp_path / "w")) == [
+      "best", "checkpoints", "config.json", "samples", "tensorboard"]
 
   (chief_out, chief_err), (_, other_err) = _run_workers(tmp_path, 5)
   for err in (chief_err, other_err):
