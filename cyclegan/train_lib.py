@@ -558,7 +558,7 @@ def _on_any_worker(strategy, flag):
   if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
     return flag
   per_replica = strategy.run(lambda: tf.constant(float(flag)))
-  return bool(strategy.reduce("MAX", per_replica, axis=None) > 0)
+  return bool(strategy.reduce("SUM", per_replica, axis=None) > 0)
 
 
 def _log_progress(config, step, last_step, per_epoch, values, lr, step_s):

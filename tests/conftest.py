@@ -5,8 +5,13 @@ import functools
 import importlib.util
 import os
 import pathlib
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# PyTorch's CUDA build imports triton (its GPU compiler) lazily, from optimizers and
+# torchvision; triton's LLVM loaded after TensorFlow's crashes the process (a segfault, triton
+# 3.8, torch 2.14). The tests run PyTorch on CPU, which needs no triton.
+sys.modules.setdefault("triton", None)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -5,7 +5,6 @@ file, and pytorch-fid loads them unmodified from the torch hub cache it would do
 """
 
 import re
-import sys
 
 import numpy as np
 import pytest
@@ -13,9 +12,6 @@ from PIL import Image, ImageFilter
 from conftest import photo
 
 torch = pytest.importorskip("torch", reason="PyTorch is the optional [torch] extra")
-# torchvision imports triton (torch's GPU compiler), whose LLVM crashes the process when loaded
-# after TensorFlow's (a segfault, triton 3.8); on CPU torch runs without it.
-sys.modules.setdefault("triton", None)
 torchvision = pytest.importorskip("torchvision", reason="pytorch-fid's network is torchvision's")
 pytorch_fid = pytest.importorskip("pytorch_fid", reason="the reference FID implementation")
 
