@@ -5,6 +5,7 @@ bad arguments or data, said in one line on stderr, without a traceback. Each com
 its flags in `define_flags()`, called only when it runs, so that its module can be imported.
 """
 
+import os
 import sys
 
 import tqdm
@@ -13,6 +14,12 @@ from absl import app, flags
 from cyclegan import quiet
 
 OK, SOME_FAILED, USAGE = 0, 1, 2
+
+
+def home():
+  """This project's cache ($CYCLEGAN_HOME): published models, the FID Inception, XLA's
+  compiled steps."""
+  return os.path.expanduser(os.environ.get("CYCLEGAN_HOME") or "~/.cache/cyclegan")
 
 
 class UserError(Exception):

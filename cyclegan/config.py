@@ -105,7 +105,8 @@ class Config:
       "gain, on GPUs with bf16 (compute capability 8+; smaller steps run fp32 as TF32 there) and "
       "on CPUs with AVX512_BF16/AMX; fp16 with loss scaling on older GPUs (7.x); fp32 elsewhere.",
       ("auto", "fp32", "bf16", "fp16"))
-  jit_compile: bool = _field(False, "Compile the train step with XLA (slower on CPU: measured).")
+  jit_compile: bool = _field(False, "Compile the train step with XLA (slower on CPU: measured); "
+                             "with the image pool it needs a --preprocess with a crop.")
   graph_optimizer: str = _field(
       "auto", "TensorFlow's graph optimizer (Grappler). auto: off on CPU-only machines (it adds "
       "3-8 s to the first step and nothing to the step time), else on.",
@@ -215,9 +216,10 @@ def _validate(c):
     raise ConfigError(f"crop_size {c.crop_size} is larger than load_size {c.load_size}")
   if c.epochs + c.epochs_decay <= 0:
     raise ConfigError("epochs + epochs_decay must be positive")
-  if c.jit_compile and c.pool_size:
-    raise ConfigError("--jit_compile compiles the whole step with XLA, which cannot hold the "
-                      "image pool (its storage changes size): add --pool_size 0")
+  if c.jit_compile and c.pool_size and "crop" not in c.preprocess:
+    raise ConfigError(f"--jit_compile compiles the step with XLA, which needs the image pool's "
+                      f"images of one size; --preprocess {c.preprocess} gives images of many "
+                      "sizes: use a mode with a crop, or --pool_size 0")
   if c.model != "cycle_gan" and (c.init_a2b or c.init_b2a):
     raise ConfigError(f"--init_a2b/--init_b2a start CycleGAN generators; --model {c.model} "
                       "cannot start from a .pth yet")

@@ -132,10 +132,9 @@ def paired(outputs, targets):
 
 def _fid2015_places():
   """Where the 2015 Inception's file is looked for: our cache, then pytorch-fid's (torch hub)."""
-  from cyclegan import pretrained  # here: pretrained imports export, which is heavy
   torch_home = os.environ.get("TORCH_HOME") or os.path.join(
       os.environ.get("XDG_CACHE_HOME") or "~/.cache", "torch")
-  return [os.path.join(pretrained.home(), fid_inception.FILE_NAME),
+  return [os.path.join(cli.home(), fid_inception.FILE_NAME),
           os.path.expanduser(os.path.join(torch_home, "hub", "checkpoints",
                                           fid_inception.FILE_NAME))]
 

@@ -65,19 +65,15 @@ class DownloadError(cli.UserError):
   """A download that could not be made or is not a usable checkpoint; the message says why."""
 
 
-def home():
-  return os.path.expanduser(os.environ.get("CYCLEGAN_HOME") or "~/.cache/cyclegan")
-
-
 def model_base(name):
-  return os.path.join(home(), "models", name)
+  return os.path.join(cli.home(), "models", name)
 
 
 def download_path(name):
   """Where the file as downloaded lives: the .pth, or for CUT's names the one tar of all."""
   if PUBLISHED[name].source == "CycleGAN":
-    return os.path.join(home(), "downloads", f"{name}.pth")
-  return os.path.join(home(), "downloads", CUT_TAR)
+    return os.path.join(cli.home(), "downloads", f"{name}.pth")
+  return os.path.join(cli.home(), "downloads", CUT_TAR)
 
 
 def url(name):
@@ -259,7 +255,7 @@ def main(argv):
   action, names = (argv[1] if len(argv) > 1 else None), argv[2:]
   if action == "list" and not names:
     print("\n".join(describe()))
-    print(f"cache: {home()} ($CYCLEGAN_HOME)")
+    print(f"cache: {cli.home()} ($CYCLEGAN_HOME)")
     return 0
   if action in ("download", "remove") and names:
     for name in names:

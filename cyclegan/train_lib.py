@@ -135,13 +135,15 @@ def create_state(config, steps_per_epoch):
   config.precision must be resolved (runtime.resolve), not `auto`.
   """
   keras.utils.set_random_seed(config.seed)
+  # Fixed-size crops: the pool's storage has a fixed shape, which XLA compiles.
+  crops = [config.crop_size, config.crop_size, 3] if input_pipeline.fixed_size(config) else None
   state = TrainState(
       models=models.build_models(config) if config.model == "cycle_gan" else
       cut_lib.build_networks(config),
       optimizer_g=_optimizer(config, steps_per_epoch),
       optimizer_d=_optimizer(config, steps_per_epoch),
-      pool_a=image_pool.ImagePool(config.pool_size, name="pool_a"),
-      pool_b=image_pool.ImagePool(config.pool_size, name="pool_b"),
+      pool_a=image_pool.ImagePool(config.pool_size, crops, name="pool_a"),
+      pool_b=image_pool.ImagePool(config.pool_size, crops, name="pool_b"),
       step=tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA))
   # Slots exist before a restore, so that restoring is complete and checkable.
@@ -193,8 +195,7 @@ def _distributed_step(config, state, strategy):
   def replica_seed(step):
     """This step's and replica's seed: the randomness of a step, whatever the device count."""
     replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-    return tf.random.experimental.stateless_fold_in(
-        tf.stack([tf.constant(config.seed, tf.int64), step]), replica)
+    return image_pool.fold_in(tf.stack([tf.constant(config.seed, tf.int64), step]), replica)
 
   if config.model != "cycle_gan":
     encoders = cut_lib.build_encoders(state.models["generator_a2b"])
@@ -213,8 +214,8 @@ def _distributed_step(config, state, strategy):
     _minimize(state.optimizer_g, tape, scaled_g_loss, state.generator_variables)
 
     seed = replica_seed(step)
-    pooled_b = state.pool_b.query(fake_b, tf.random.experimental.stateless_fold_in(seed, 0))
-    pooled_a = state.pool_a.query(fake_a, tf.random.experimental.stateless_fold_in(seed, 1))
+    pooled_b = state.pool_b.query(fake_b, image_pool.fold_in(seed, 0))
+    pooled_a = state.pool_a.query(fake_a, image_pool.fold_in(seed, 1))
     # training=True: the same numbers, and the training routes of models.Conv2D.
     d_a = functools.partial(state.models["discriminator_a"], training=True)
     d_b = functools.partial(state.models["discriminator_b"], training=True)
@@ -382,6 +383,11 @@ def train(config, strategy=None):
     raise config_lib.ConfigError(
         f"batch_size {config.batch_size} is not a multiple of the {strategy.num_replicas_in_sync} "
         f"replicas; use --batch_size {strategy.num_replicas_in_sync}")
+  if (config.jit_compile and strategy.num_replicas_in_sync > 1 and config.strategy != "tpu"
+      and not tf.config.list_logical_devices("GPU")):
+    raise config_lib.ConfigError(
+        "--jit_compile with several replicas needs GPUs or TPUs: XLA compiles no collectives "
+        "for CPUs; use one replica (--strategy default) or drop --jit_compile")
   chief = runtime.is_chief(strategy)
   domains = input_pipeline.load_domains(config, input_pipeline.SPLITS)
   if not input_pipeline.fixed_size(config) and config.batch_size > 1:

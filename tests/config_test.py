@@ -56,3 +56,10 @@ def test_cpu_kernels_is_a_runtime_choice_a_resume_may_change(tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # No temporary left.
   with pytest.raises(config_lib.ConfigError, match="cpu_kernels must be one of"):
     config_lib.make_config({"cpu_kernels": "on"})
+
+
+def test_jit_compile_takes_the_pool_where_crops_have_one_size():
+  config_lib.make_config({"jit_compile": True})  # resize_and_crop, pool 50
+  with pytest.raises(config_lib.ConfigError, match="--preprocess none gives images of many"):
+    config_lib.make_config({"jit_compile": True, "preprocess": "none"})
+  config_lib.make_config({"jit_compile": True, "preprocess": "none", "pool_size": 0})

@@ -1,6 +1,7 @@
 """The image pool: fill first, then a coin flip per image; any size; stateless; per replica."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from cyclegan import image_pool
@@ -115,3 +116,34 @@ def test_a_checkpoint_restores_every_replicas_pool(tmp_path):
     assert len(want_replica) == len(got_replica) == 4
     for want, image in zip(want_replica, got_replica):
       np.testing.assert_array_equal(image, want)
+
+
+def test_fixed_size_storage_makes_the_same_choices_and_checkpoints_alike(tmp_path):
+  """The fixed-shape layout (crops of one size, what XLA compiles) returns and stores what the
+  flat one does, and their checkpoints restore into each other."""
+  flat, fixed = image_pool.ImagePool(3), image_pool.ImagePool(3, image_shape=[2, 2, 3])
+  for i in range(12):
+    want = flat.query(_batch(i), tf.constant([3, i]))
+    np.testing.assert_array_equal(fixed.query(_batch(i), tf.constant([3, i])), want)
+  assert [c[0, 0, 0] for c in _contents(fixed)] == [c[0, 0, 0] for c in _contents(flat)]
+  for source, target in ((fixed, image_pool.ImagePool(3)),
+                         (flat, image_pool.ImagePool(3, image_shape=[2, 2, 3]))):
+    path = tf.train.Checkpoint(pool=source).save(str(tmp_path / f"{id(source)}" / "c"))
+    tf.train.Checkpoint(pool=target).restore(path).assert_consumed()
+    assert [c.tolist() for c in _contents(target)] == [c.tolist() for c in _contents(source)]
+  other = image_pool.ImagePool(3, image_shape=[4, 4, 3])
+  with pytest.raises(tf.errors.InvalidArgumentError, match="images of another size"):
+    tf.train.Checkpoint(pool=other).restore(path)
+
+
+def test_fold_in_stays_where_xla_draws_what_tensorflow_does():
+  """Seeds outside [0, 2^31) make XLA's stateless kernels draw other numbers than
+  TensorFlow's (TF 2.21); fold_in keeps every seed folded from one inside it (a step's first,
+  (seed, step), is), where tf.random.experimental.stateless_fold_in gives negative words."""
+  seeds = tf.random.stateless_uniform([64, 2], [1, 2], minval=0, maxval=2**31, dtype=tf.int64)
+  draws = lambda: tf.stack([tf.random.stateless_uniform(
+      [], image_pool.fold_in(image_pool.fold_in(seeds[i], 0), 1), maxval=50, dtype=tf.int32)
+      for i in range(64)])
+  folded = tf.stack([image_pool.fold_in(seeds[i], 0) for i in range(64)])
+  assert (folded.numpy() >= 0).all() and (folded.numpy() < 2**31).all()
+  np.testing.assert_array_equal(draws(), tf.function(draws, jit_compile=True)())

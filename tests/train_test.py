@@ -68,3 +68,20 @@ def test_kill_9_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path):
   done = _train(tmp_path, "--max_steps", str(step + 2), "--export=false")
   assert done.returncode == 0, done.stderr[-3000:]
   assert f"steps {step}..{step + 2}" in done.stderr
+
+
+def test_a_compiled_run_keeps_its_xla_executables_for_the_next(tmp_path):
+  """--jit_compile: the first run writes its compiled step to $CYCLEGAN_HOME/xla_cache and the
+  same command again loads it (what it saves: docs/performance.md), writing nothing new."""
+  env = {**os.environ, "CYCLEGAN_HOME": str(tmp_path / "home"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+  env.pop("TF_XLA_FLAGS", None)
+  flags = tiny_flags(max_steps=1, jit_compile=True, export=False, eval_every=0)
+  cache = tmp_path / "home" / "xla_cache"
+  entries = []
+  for run in range(2):
+    done = subprocess.run([sys.executable, "-m", "cyclegan.train", *flags, "--workdir",
+                           str(tmp_path / f"w{run}")], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    entries.append({p.name: p.stat().st_mtime_ns for p in cache.iterdir()})
+  assert entries[0] and entries[1] == entries[0]

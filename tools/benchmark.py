@@ -53,7 +53,7 @@ flags.DEFINE_integer("steps", 5, "Timed steps after the warm-up step.")
 flags.DEFINE_integer("ngf", 64, "Generator width.")
 flags.DEFINE_integer("n_blocks", 9, "Generator residual blocks.")
 flags.DEFINE_integer("ndf", 64, "Discriminator width.")
-flags.DEFINE_integer("pool_size", 50, "Image pool size (0 for --jit_compile).")
+flags.DEFINE_integer("pool_size", 50, "Image pool size.")
 flags.DEFINE_integer("steps_per_call", 0, "As cyclegan.train's (>1: the multi-step loop; 0: "
                      "as cyclegan.train picks it here). Where the loop runs, each timed call runs "
                      "this many steps (0: 20) and the step time is the call's share.")
