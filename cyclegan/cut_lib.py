@@ -16,6 +16,7 @@ from cyclegan import cut_models
 from cyclegan import losses
 from cyclegan import models
 from cyclegan import patch_nce
+from cyclegan import seeds
 
 
 HEAD_UNITS = 256  # the authors' netF_nc
@@ -59,10 +60,9 @@ def replica_step(config, networks, encoders, optimizer_g, optimizer_d, real_a, r
   generator, discriminator = networks["generator_a2b"], networks["discriminator_b"]
   average = lambda per_example: tf.reduce_sum(per_example) / global_batch
   if flipped is None and config.flip_equivariance:
-    coin = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, 0))
-    flipped = coin < 0.5
+    flipped = seeds.integer(seeds.fold_in(seed, 0), 2) > 0
   flipped = False if flipped is None else flipped
-  nce_seeds = [tf.random.experimental.stateless_fold_in(seed, i) for i in (1, 2)]
+  nce_seeds = [seeds.fold_in(seed, i) for i in (1, 2)]
   ids = patch_ids or (None, None)
   nce = lambda i, source, translated, keys: patch_nce.nce_loss(
       encoders.features, networks["patch_heads"], source, translated, nce_seeds[i],

@@ -15,13 +15,7 @@ stateless and keyed by the caller's seed, so a resumed run makes the same choice
 
 import tensorflow as tf
 
-
-def fold_in(seed, data):
-  """tf.random.experimental.stateless_fold_in, kept in [0, 2^31): only there do XLA's stateless
-  random kernels draw what TensorFlow's do (measured, TF 2.21), so that a compiled step
-  (--jit_compile) makes the traced step's choices."""
-  return tf.bitwise.bitwise_and(
-      tf.cast(tf.random.experimental.stateless_fold_in(seed, data), tf.int64), 0x7FFFFFFF)
+from cyclegan import seeds
 
 
 class ImagePool(tf.Module):
@@ -47,8 +41,8 @@ class ImagePool(tf.Module):
     self.count = self._no_dependency(tf.Variable(0, dtype=tf.int32, name="count", **local))
 
   def query(self, images, seed):
-    """Returns a batch like `images`; stores them. seed: int [2] in [0, 2^31) (fold_in's), new
-    for every call.
+    """Returns a batch like `images`; stores them. seed: int [2] from seeds.fold_in, new for
+    every call.
 
     While the pool fills, every image comes back and is stored. Once it is full, each image
     has an even chance to be swapped for a random stored one (which it replaces in its slot)
@@ -62,11 +56,9 @@ class ImagePool(tf.Module):
 
     def one(i):  # Explicit control flow: the train step is traced without AutoGraph.
       image = images[i]
-      draw_seed = fold_in(seed, i)
-      # Integer draws: XLA's float ones differ from TensorFlow's.
-      coin = tf.random.stateless_uniform([], draw_seed, maxval=2, dtype=tf.int32)
-      slot = tf.random.stateless_uniform([], fold_in(draw_seed, 1), maxval=self.pool_size,
-                                         dtype=tf.int32)
+      draw_seed = seeds.fold_in(seed, i)
+      coin = seeds.integer(draw_seed, 2)
+      slot = seeds.integer(seeds.fold_in(draw_seed, 1), self.pool_size)
 
       def fill():
         self._store(self.count, image)

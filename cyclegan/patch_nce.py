@@ -7,6 +7,8 @@ position's key among the keys of every sampled position of the same image.
 import keras
 import tensorflow as tf
 
+from cyclegan import seeds
+
 NUM_PATCHES = 256
 TEMPERATURE = 0.07
 _NORM_EPSILON = 1e-7  # added to the L2 norm, as the authors' Normalize does
@@ -15,13 +17,11 @@ _MASKED = -10.0  # the authors' logit for a query against its own position among
 
 def sample_patch_ids(features, seed, num_patches=NUM_PATCHES):
   """Per feature map, `num_patches` distinct positions (all, if it has fewer), in random order,
-  the same for every image of the batch; a pure function of `seed` (shape [2]). The order of
-  uniform draws, not a shuffle op: XLA compiles a sort, not StatelessShuffle."""
+  the same for every image of the batch; a pure function of `seed` (shape [2], seeds.fold_in's)."""
   ids = []
   for i, feature in enumerate(features):
     shape = tf.shape(feature)
-    draws = tf.random.stateless_uniform([shape[1] * shape[2]], seed + [0, i])
-    ids.append(tf.argsort(draws)[:num_patches])
+    ids.append(seeds.permutation(seeds.fold_in(seed, i), shape[1] * shape[2])[:num_patches])
   return ids
 
 

@@ -31,6 +31,7 @@ from cyclegan import convert_torch
 from cyclegan import cut_lib
 from cyclegan import cut_models
 from cyclegan import runtime
+from cyclegan import seeds
 from cyclegan import workdir as workdir_lib
 from cyclegan import image_pool
 from cyclegan import input_pipeline
@@ -195,7 +196,7 @@ def _distributed_step(config, state, strategy):
   def replica_seed(step):
     """This step's and replica's seed: the randomness of a step, whatever the device count."""
     replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-    return image_pool.fold_in(tf.stack([tf.constant(config.seed, tf.int64), step]), replica)
+    return seeds.fold_in(tf.stack([tf.constant(config.seed, tf.int64), step]), replica)
 
   if config.model != "cycle_gan":
     encoders = cut_lib.build_encoders(state.models["generator_a2b"])
@@ -214,8 +215,8 @@ def _distributed_step(config, state, strategy):
     _minimize(state.optimizer_g, tape, scaled_g_loss, state.generator_variables)
 
     seed = replica_seed(step)
-    pooled_b = state.pool_b.query(fake_b, image_pool.fold_in(seed, 0))
-    pooled_a = state.pool_a.query(fake_a, image_pool.fold_in(seed, 1))
+    pooled_b = state.pool_b.query(fake_b, seeds.fold_in(seed, 0))
+    pooled_a = state.pool_a.query(fake_a, seeds.fold_in(seed, 1))
     # training=True: the same numbers, and the training routes of models.Conv2D.
     d_a = functools.partial(state.models["discriminator_a"], training=True)
     d_b = functools.partial(state.models["discriminator_b"], training=True)

@@ -25,7 +25,7 @@ tf.config.set_logical_device_configuration(
     [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
 
 from cyclegan import config as config_lib  # noqa: E402
-from cyclegan import cut_models, export, models, synthetic  # noqa: E402
+from cyclegan import cut_models, export, models, synthetic, train_lib  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -45,6 +45,19 @@ def tiny_config(tmp_path, **overrides):
       workdir=str(tmp_path / "workdir"), export_dir=str(tmp_path / "export"), export=False)
   values.update(overrides)
   return config_lib.make_config(values)
+
+
+def run_steps(config, batches):
+  """Train steps of `config` on one device, one per batch ({"a", "b"} arrays), from the
+  config's seed: (each step's losses, the state after them)."""
+  strategy = tf.distribute.get_strategy()
+  state = train_lib.create_state(config, 8)
+  step = train_lib.make_train_step(config, state, strategy)
+  losses = []
+  for batch in batches:
+    dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
+    losses.append({k: float(v) for k, v in step(next(iter(dataset))).items()})
+  return losses, state
 
 
 def tiny_flags(**overrides):

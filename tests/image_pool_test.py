@@ -134,16 +134,3 @@ def test_fixed_size_storage_makes_the_same_choices_and_checkpoints_alike(tmp_pat
   other = image_pool.ImagePool(3, image_shape=[4, 4, 3])
   with pytest.raises(tf.errors.InvalidArgumentError, match="images of another size"):
     tf.train.Checkpoint(pool=other).restore(path)
-
-
-def test_fold_in_stays_where_xla_draws_what_tensorflow_does():
-  """Seeds outside [0, 2^31) make XLA's stateless kernels draw other numbers than
-  TensorFlow's (TF 2.21); fold_in keeps every seed folded from one inside it (a step's first,
-  (seed, step), is), where tf.random.experimental.stateless_fold_in gives negative words."""
-  seeds = tf.random.stateless_uniform([64, 2], [1, 2], minval=0, maxval=2**31, dtype=tf.int64)
-  draws = lambda: tf.stack([tf.random.stateless_uniform(
-      [], image_pool.fold_in(image_pool.fold_in(seeds[i], 0), 1), maxval=50, dtype=tf.int32)
-      for i in range(64)])
-  folded = tf.stack([image_pool.fold_in(seeds[i], 0) for i in range(64)])
-  assert (folded.numpy() >= 0).all() and (folded.numpy() < 2**31).all()
-  np.testing.assert_array_equal(draws(), tf.function(draws, jit_compile=True)())

@@ -20,7 +20,7 @@ from cyclegan import export
 from cyclegan import input_pipeline
 from cyclegan import train_lib
 from cyclegan.config import ConfigError
-from conftest import REPO, load_tool, tiny_config
+from conftest import REPO, load_tool, run_steps, tiny_config
 
 
 def _weights(workdir):
@@ -307,14 +307,7 @@ def test_the_compiled_step_with_the_pool_equals_the_traced_one(tmp_path):
              for _ in range(5)]
 
   def run(jit_compile):
-    strategy = tf.distribute.get_strategy()
-    state = train_lib.create_state(config.replace(jit_compile=jit_compile), 8)
-    step = train_lib.make_train_step(config.replace(jit_compile=jit_compile), state, strategy)
-    losses = []
-    for batch in batches:
-      dataset = tf.data.Dataset.from_tensors(batch)
-      values = step(next(iter(strategy.experimental_distribute_dataset(dataset))))
-      losses.append({k: float(v) for k, v in values.items()})
+    losses, state = run_steps(config.replace(jit_compile=jit_compile), batches)
     weights = {f"{k}/{w.path}": w.numpy() for k, m in state.models.items() for w in m.weights}
     pools = [tf.train.Checkpoint(pool=pool).save(str(tmp_path / f"{jit_compile}{i}" / "c"))
              for i, pool in enumerate((state.pool_a, state.pool_b))]
