@@ -1,0 +1,77 @@
+"""How long XLA takes to compile the train step, whole and by network.
+
+  python tools/compile_time.py --size 256 --precision fp32
+
+Compiles (`jit_compile=True`) each network's forward and backward pass on its own, then the
+whole CycleGAN step (pool included), and prints one JSON line: for each, the first call's
+seconds, a second call's, and their difference (what compiling cost). Set TF_XLA_FLAGS=
+--tf_xla_persistent_cache_directory=... (cyclegan's import does, to $CYCLEGAN_HOME/xla_cache)
+to an empty folder to measure compiling rather than loading.
+"""
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from cyclegan import config as config_lib  # noqa: E402
+from cyclegan import runtime  # noqa: E402
+from cyclegan import train_lib  # noqa: E402
+
+flags.DEFINE_integer("size", 256, "Square image side.")
+flags.DEFINE_enum("precision", "fp32", ["fp32", "bf16"], "Compute precision.")
+flags.DEFINE_integer("ngf", 64, "Generator width.")
+flags.DEFINE_integer("n_blocks", 9, "Generator residual blocks.")
+FLAGS = flags.FLAGS
+
+
+def _first_and_second(fn, *args):
+  times = []
+  for _ in range(2):
+    start = time.perf_counter()
+    tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
+    times.append(time.perf_counter() - start)
+  return {"first_s": round(times[0], 2), "second_s": round(times[1], 2),
+          "compile_s": round(times[0] - times[1], 2)}
+
+
+def _network(model, image):
+  @tf.function(jit_compile=True, autograph=False)
+  def forward_backward(x):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(tf.cast(model(x, training=True), tf.float32))
+    return tape.gradient(loss, model.trainable_variables)
+  return _first_and_second(forward_backward, image)
+
+
+def main(argv):
+  del argv
+  runtime.configure_threads()
+  config = runtime.resolve(config_lib.resolve(None, {
+      "crop_size": FLAGS.size, "load_size": FLAGS.size, "ngf": FLAGS.ngf,
+      "n_blocks": FLAGS.n_blocks, "precision": FLAGS.precision, "jit_compile": True,
+      "strategy": "default"}), 1)
+  runtime.configure_process(config)
+  state = train_lib.create_state(config, 100)
+  image = tf.constant(np.random.default_rng(0).uniform(-1, 1, (1, FLAGS.size, FLAGS.size, 3)),
+                      tf.float32)
+  result = {"size": FLAGS.size, "precision": config.precision,
+            "device": "gpu" if tf.config.list_physical_devices("GPU") else "cpu"}
+  for name in ("generator_a2b", "discriminator_a"):
+    result[name] = _network(state.models[name], image)
+  strategy = tf.distribute.get_strategy()
+  step = train_lib.make_train_step(config, state, strategy)
+  batch = next(iter(strategy.experimental_distribute_dataset(
+      tf.data.Dataset.from_tensors({"a": image, "b": image}))))
+  result["whole_step"] = _first_and_second(step, batch)
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main)
