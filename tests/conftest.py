@@ -5,6 +5,7 @@ import functools
 import importlib.util
 import os
 import pathlib
+import shutil
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -58,6 +59,24 @@ def run_steps(config, batches):
     dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
     losses.append({k: float(v) for k, v in step(next(iter(dataset))).items()})
   return losses, state
+
+
+def headless_chromium(tmp_path):
+  """A selenium driver of Debian's headless Chromium (quit it when done); the test fails under
+  CI, where .ci/run installs it, and skips elsewhere without it."""
+  chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+  if not (chromium and driver):
+    if os.environ.get("CI"):
+      pytest.fail(".ci/run should have installed chromium and chromium-driver")
+    pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+  from selenium import webdriver  # only the browser tests need selenium
+  options = webdriver.ChromeOptions()
+  options.binary_location = chromium
+  for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              f"--user-data-dir={tmp_path / 'profile'}"):
+    options.add_argument(arg)
+  return webdriver.Chrome(options=options, service=webdriver.ChromeService(driver))
 
 
 def tiny_flags(**overrides):

@@ -2,13 +2,13 @@
 rendering it from file:// (images loaded, a curve per direction drawn, each best step marked)."""
 
 import os
-import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from cyclegan import samples_page
+from conftest import headless_chromium
 
 TITLE = "horse <&> zebra <script>alert(1)</script>"
 ALARM = "<script>alert(2)</script> D loss & G loss diverge"
@@ -139,23 +139,11 @@ def test_none_chosen_where_no_step_or_no_value(tmp_path):
 
 
 def test_page_in_headless_chromium(tmp_path):
-  chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-  if not (chromium and driver):
-    if os.environ.get("CI"):
-      pytest.fail(".ci/run should have installed chromium and chromium-driver")
-    pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
-  from selenium import webdriver
   from selenium.webdriver.support.ui import WebDriverWait
 
   samples_dir = tmp_path / "samples"
   history, _ = _run(samples_dir)
-  options = webdriver.ChromeOptions()
-  options.binary_location = chromium
-  for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              f"--user-data-dir={tmp_path / 'profile'}"):
-    options.add_argument(arg)
-  browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver))
+  browser = headless_chromium(tmp_path)
   try:
     browser.get((samples_dir / "index.html").as_uri())
     # Lazy images load once near the viewport: scroll to the first one still waiting.

@@ -5,7 +5,6 @@ import concurrent.futures
 import io
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from PIL import Image
 from cyclegan import export
 from cyclegan import models
 from cyclegan import tiling
-from conftest import REPO, oriented_jpeg
+from conftest import REPO, headless_chromium, oriented_jpeg
 
 MAX_PIXELS = 100_000
 TILE = 300  # :translate tiles images of more than 90000 pixels
@@ -390,25 +389,13 @@ def test_grpc_predict_request_from_tensorflow_serving_api(server, grpc_port, sav
 
 
 def test_page_in_headless_chromium(server, saved, tmp_path):
-  chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-  if not (chromium and driver):
-    if os.environ.get("CI"):
-      pytest.fail(".ci/run should have installed chromium and chromium-driver")
-    pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
-  from selenium import webdriver
   from selenium.webdriver.common.by import By
   from selenium.webdriver.support.ui import WebDriverWait
 
   rgb = _image(8, 48, 64)
   photo = tmp_path / "photo.png"
   photo.write_bytes(_encode(rgb))
-  options = webdriver.ChromeOptions()
-  options.binary_location = chromium
-  for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              f"--user-data-dir={tmp_path / 'profile'}"):
-    options.add_argument(arg)
-  browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver))
+  browser = headless_chromium(tmp_path)
   try:
     browser.get(server.url + "/")
     models_listed = [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#model option")]
