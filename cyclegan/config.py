@@ -107,6 +107,11 @@ class Config:
       ("auto", "fp32", "bf16", "fp16"))
   jit_compile: bool = _field(False, "Compile the train step with XLA (slower on CPU: measured); "
                              "with the image pool it needs a --preprocess with a crop.")
+  jit_scope: str = _field(
+      "networks", "What --jit_compile compiles: networks, each network's forward and backward "
+      "once (fast to compile; the losses, pool and updates run as a graph); step, the whole "
+      "step as one program (slow to compile, the most fusion). TPUs compile the whole step.",
+      ("networks", "step"))
   graph_optimizer: str = _field(
       "auto", "TensorFlow's graph optimizer (Grappler). auto: off on CPU-only machines (it adds "
       "3-8 s to the first step and nothing to the step time), else on.",

@@ -19,6 +19,12 @@ import tempfile
 _IMPORT_NOTICES = re.compile(rb"absl::InitializeLog\(\)|\] oneDNN custom operations are on")
 # LiteRT's INFO line, printed whatever TF_CPP_MIN_LOG_LEVEL says.
 _LITERT_NOTICES = re.compile(rb"^INFO: Created TensorFlow Lite XNNPACK delegate")
+# Logged as errors for each program loaded from XLA's persistent cache (a --jit_compile run's
+# second start): TensorFlow tries the file as text before binary, and XLA:CPU names two LLVM
+# tuning flags it compiled with as CPU features the host lacks. Any other feature still shows.
+_XLA_CACHE_NOTICES = re.compile(
+    rb"Error parsing text-format tensorflow\.XlaSerializedCacheEntry"
+    rb"|Target machine feature \+prefer-no-(gather|scatter) is not +supported")
 
 
 def is_command(orig_argv=None):
@@ -80,6 +86,14 @@ def litert_notices_hidden():
   if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") == "0":
     return contextlib.nullcontext()
   return _dropped_from_stderr(_LITERT_NOTICES)
+
+
+def xla_cache_notices_hidden():
+  """A block in which the notices of loading XLA's cached programs are dropped where TF's own
+  INFO is hidden (as litert_notices_hidden)."""
+  if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") == "0":
+    return contextlib.nullcontext()
+  return _dropped_from_stderr(_XLA_CACHE_NOTICES)
 
 
 class _NotTensorFlowInfo(logging.Filter):

@@ -38,6 +38,8 @@ from cyclegan import input_pipeline
 from cyclegan import losses
 from cyclegan import models
 from cyclegan import monitor as monitor_lib
+from cyclegan import quiet
+from cyclegan import xla
 
 
 class TrainingError(cli.UserError, RuntimeError):
@@ -153,9 +155,9 @@ def create_state(config, steps_per_epoch):
   return state
 
 
-def generator_losses(config, state, real_a, real_b):
+def generator_losses(config, networks, real_a, real_b):
   """Generator-side forward pass; returns per-example losses and the fakes."""
-  g = state.models
+  g = networks
   fake_b = g["generator_a2b"](real_a, training=True)
   rec_a = g["generator_b2a"](fake_b, training=True)
   fake_a = g["generator_b2a"](real_b, training=True)
@@ -198,18 +200,20 @@ def _distributed_step(config, state, strategy):
     replica = tf.distribute.get_replica_context().replica_id_in_sync_group
     return seeds.fold_in(tf.stack([tf.constant(config.seed, tf.int64), step]), replica)
 
+  networks = xla.networks_for_step(config, state.models)
   if config.model != "cycle_gan":
-    encoders = cut_lib.build_encoders(state.models["generator_a2b"])
+    encoders = xla.networks_for_step(
+        config, cut_lib.build_encoders(state.models["generator_a2b"]))
 
   def cut_replica_step(batch, step):
-    return cut_lib.replica_step(config, state.models, encoders, state.optimizer_g,
+    return cut_lib.replica_step(config, networks, encoders, state.optimizer_g,
                                 state.optimizer_d, batch["a"], batch["b"], replica_seed(step),
                                 global_batch)
 
   def replica_step(batch, step):
     real_a, real_b = batch["a"], batch["b"]
     with tf.GradientTape() as tape:
-      terms, fake_a, fake_b = generator_losses(config, state, real_a, real_b)
+      terms, fake_a, fake_b = generator_losses(config, networks, real_a, real_b)
       g_loss = average(tf.add_n(list(terms.values())))
       scaled_g_loss = state.optimizer_g.scale_loss(g_loss)
     _minimize(state.optimizer_g, tape, scaled_g_loss, state.generator_variables)
@@ -218,8 +222,8 @@ def _distributed_step(config, state, strategy):
     pooled_b = state.pool_b.query(fake_b, seeds.fold_in(seed, 0))
     pooled_a = state.pool_a.query(fake_a, seeds.fold_in(seed, 1))
     # training=True: the same numbers, and the training routes of models.Conv2D.
-    d_a = functools.partial(state.models["discriminator_a"], training=True)
-    d_b = functools.partial(state.models["discriminator_b"], training=True)
+    d_a = functools.partial(networks["discriminator_a"], training=True)
+    d_b = functools.partial(networks["discriminator_b"], training=True)
     with tf.GradientTape() as tape:
       d_terms = {
           "d_a": losses.discriminator_loss(d_a(real_a), d_a(tf.stop_gradient(pooled_a)),
@@ -234,13 +238,8 @@ def _distributed_step(config, state, strategy):
     out["g_total"], out["d_total"] = g_loss, d_loss
     return out
 
-  # XLA compiles the replica's step on its own (a function of its own costs ~0.4 s of tracing
-  # otherwise). No AutoGraph: the step has no Python control flow on tensors, and converting
-  # every function it calls cost about a second of the first step.
-  replica_fn = replica_step if config.model == "cycle_gan" else cut_replica_step
-  if config.jit_compile:
-    replica_fn = tf.function(replica_fn, jit_compile=True, reduce_retracing=True,
-                             autograph=False)
+  replica_fn = xla.replica_step(
+      config, replica_step if config.model == "cycle_gan" else cut_replica_step)
 
   def train_step(batch):
     per_replica = strategy.run(replica_fn, args=(batch, state.step.read_value()))
@@ -384,11 +383,11 @@ def train(config, strategy=None):
     raise config_lib.ConfigError(
         f"batch_size {config.batch_size} is not a multiple of the {strategy.num_replicas_in_sync} "
         f"replicas; use --batch_size {strategy.num_replicas_in_sync}")
-  if (config.jit_compile and strategy.num_replicas_in_sync > 1 and config.strategy != "tpu"
-      and not tf.config.list_logical_devices("GPU")):
+  if (xla.compiles_step(config) and strategy.num_replicas_in_sync > 1
+      and config.strategy != "tpu" and not tf.config.list_logical_devices("GPU")):
     raise config_lib.ConfigError(
-        "--jit_compile with several replicas needs GPUs or TPUs: XLA compiles no collectives "
-        "for CPUs; use one replica (--strategy default) or drop --jit_compile")
+        "--jit_scope step with several replicas needs GPUs or TPUs: XLA compiles no collectives "
+        "for CPUs; use --jit_scope networks or one replica (--strategy default)")
   chief = runtime.is_chief(strategy)
   domains = input_pipeline.load_domains(config, input_pipeline.SPLITS)
   if not input_pipeline.fixed_size(config) and config.batch_size > 1:
@@ -459,8 +458,10 @@ def _loop(config, state, train_steps, iterator, manager, summaries, monitor, sta
     while step < last_step:
       steps = (steps_for_call(config, step, last_step, step_s, monitor.every)
                if first_step_s else 1)
-      values, done = train_steps(iterator, tf.constant(steps))
-      values = {k: float(v) for k, v in values.items()}
+      # The first call compiles or loads what --jit_compile compiles.
+      with quiet.xla_cache_notices_hidden() if first_step_s is None else contextlib.nullcontext():
+        values, done = train_steps(iterator, tf.constant(steps))
+        values = {k: float(v) for k, v in values.items()}
       step += int(done)
       bad = [k for k, v in values.items() if not np.isfinite(v)]
       if bad:

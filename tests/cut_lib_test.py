@@ -210,10 +210,10 @@ def test_cut_presets_and_their_own_workdir():
 
 
 def test_the_compiled_step_samples_the_traced_steps_patches_and_flips(tmp_path):
-  """--jit_compile: two FastCUT steps (patches and a flip coin each) compiled by XLA and
-  traced, from the same weights and noise batches, agree within 1e-5 (measured 6e-7 and
-  2e-7). Patches or a flip drawn otherwise are off by far more: with float draws, as before,
-  the first step was 2.9% off."""
+  """--jit_compile, both --jit_scope: two FastCUT steps (patches and a flip coin each)
+  compiled by XLA and traced, from the same weights and noise batches, agree within 1e-5
+  (measured 6e-7 and 2e-7). Patches or a flip drawn otherwise are off by far more: with float
+  draws, as before, the first step was 2.9% off."""
   config = tiny_cut_config("fastcut").replace(workdir=str(tmp_path), lr=0.01, adam_epsilon=1.0,
                                               crop_size=SIZE, load_size=SIZE)
   rng = np.random.default_rng(0)
@@ -221,7 +221,8 @@ def test_the_compiled_step_samples_the_traced_steps_patches_and_flips(tmp_path):
   batches = [{"a": noise().astype(np.float32), "b": noise().astype(np.float32)}
              for _ in range(2)]
 
-  traced, compiled = (run_steps(config.replace(jit_compile=jit), batches)[0]
-                      for jit in (False, True))
-  for want, got in zip(traced, compiled):
-    assert got == pytest.approx(want, rel=1e-5)
+  traced = run_steps(config, batches)[0]
+  for scope in ("networks", "step"):
+    compiled = run_steps(config.replace(jit_compile=True, jit_scope=scope), batches)[0]
+    for want, got in zip(traced, compiled):
+      assert got == pytest.approx(want, rel=1e-5), scope

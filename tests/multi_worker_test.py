@@ -23,14 +23,18 @@ def _free_ports(n):
   return ports
 
 
-def _run_workers(tmp_path, max_steps):
+def _run_workers(tmp_path, max_steps, *more_flags):
+  """Runs two workers to max_steps; each keeps its XLA programs in tmp_path/home<index>."""
   ports = _free_ports(2)
   procs = []
   for index in range(2):
     tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                  "task": {"type": "worker", "index": index}}
-    env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    flags = tiny_flags(strategy="multi_worker", batch_size=2, max_steps=max_steps)
+    env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "2",
+           "CYCLEGAN_HOME": str(tmp_path / f"home{index}")}
+    env.pop("TF_XLA_FLAGS", None)
+    flags = [*tiny_flags(strategy="multi_worker", batch_size=2, max_steps=max_steps),
+             *more_flags]
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "cyclegan.train", "--workdir", str(tmp_path / "w"), "--export_dir",
          str(tmp_path / "e"), *flags], cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -54,9 +58,12 @@ def test_two_workers_stay_in_sync_and_only_the_chief_writes(tmp_path):
   assert sorted(os.listdir(tmp_path / "w")) == [
       "best", "checkpoints", "config.json", "samples", "tensorboard"]
 
-  (chief_out, chief_err), (_, other_err) = _run_workers(tmp_path, 5)
-  for err in (chief_err, other_err):
+  # Resumed with each network compiled by XLA (--jit_scope networks): the collectives stay
+  # TensorFlow's, so CPU workers can run it, and they stay in sync.
+  (chief_out, chief_err), (_, other_err) = _run_workers(tmp_path, 5, "--jit_compile")
+  for index, err in enumerate((chief_err, other_err)):
     assert "resumed from" in err and "steps 3..5" in err
+    assert list((tmp_path / f"home{index}" / "xla_cache").iterdir())
   assert _digest(chief_err, 5) == _digest(other_err, 5)
   assert tf.train.latest_checkpoint(str(tmp_path / "w" / "checkpoints")).endswith("ckpt-5")
 

@@ -69,3 +69,23 @@ def test_verbosity_is_read_as_absl_reads_it():
   for argv, level in ((["--verbosity", "1"], 1), (["--verbosity=2"], 2), (["-v", "1"], 1),
                       (["-v=0"], 0), (["-v", "-1"], -1), (["--verbosity", "debug"], 0)):
     assert quiet._verbosity(["-m", "cyclegan.train", *argv]) == level, argv  # pylint: disable=protected-access
+
+
+def test_only_the_xla_cache_notices_known_to_be_harmless_are_dropped():
+  """The lines TensorFlow 2.21 logged loading each cached program on this machine go; a
+  feature the host really lacks (a cache made on another CPU) still shows."""
+  features = "Compile machine features: [+avx512bf16,+prefer-no-scatter] vs host machine features"
+  lines = [
+      b"E0000 00:00:1796589436.186475   15398 text_format.cc:378] Error parsing text-format "
+      b"tensorflow.XlaSerializedCacheEntry: 2:1: Expected identifier, got: 6",
+      f"E0000 00:00:1796589436.283356   15398 cpu_aot_loader.cc:220] Loading XLA:CPU AOT result. "
+      f"Target machine feature +prefer-no-scatter is not  supported on the host machine. "
+      f"{features}".encode(),
+      f"E0000 00:00:1796589436.283412   15398 cpu_aot_loader.cc:220] Loading XLA:CPU AOT result. "
+      f"Target machine feature +prefer-no-gather is not  supported on the host machine. "
+      f"{features}".encode()]
+  other_cpu = (f"E0000 00:00:1796589436.283412   15398 cpu_aot_loader.cc:220] Loading XLA:CPU "
+               f"AOT result. Target machine feature +avx512bf16 is not  supported on the host "
+               f"machine. {features}").encode()
+  notices = quiet._XLA_CACHE_NOTICES  # pylint: disable=protected-access
+  assert all(notices.search(line) for line in lines) and not notices.search(other_cpu)

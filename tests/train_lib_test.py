@@ -289,42 +289,55 @@ def test_two_replicas_of_batch_1_take_the_same_step_as_one_device_with_batch_2(t
   assert worst[0] <= 1e-5, worst
 
 
-def test_the_compiled_step_with_the_pool_equals_the_traced_one(tmp_path):
-  """--jit_compile with the image pool: 5 steps, compiled by XLA and not, from the same weights
-  and batches, take the same choices in the pool (filled by step 2, swapping after) and the
-  same steps. XLA's CPU convolutions sum in another order than oneDNN's, so values differ by
-  round-off: with adam_epsilon 1 an update is ~lr * gradient (no amplification of ~0
-  gradients, see the test above) and 5 steps stay within 1e-5 (measured up to 3e-7 in the
-  weights and 2e-6 in the losses); a pool that stored or returned another image than the
-  traced one, or a step that read a stale pool, is off by O(1).
+def test_the_whole_step_compiled_takes_several_replicas_only_on_gpus_or_tpus(tmp_path):
+  """XLA compiles no collectives for CPUs: --jit_scope step with two CPU replicas is one line
+  that names what works (--jit_scope networks keeps the collectives out of XLA)."""
+  config = tiny_config(tmp_path, jit_compile=True, jit_scope="step", batch_size=2)
+  with pytest.raises(ConfigError, match="XLA compiles no collectives for CPUs; use --jit_scope "
+                                        "networks"):
+    train_lib.train(config, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+
+
+def test_the_compiled_steps_with_the_pool_equal_the_traced_one(tmp_path):
+  """--jit_compile with the image pool, both --jit_scope: 5 steps, compiled by XLA and not,
+  from the same weights and batches, take the same choices in the pool (filled by step 2,
+  swapping after) and the same steps. XLA's CPU convolutions sum in another order than
+  oneDNN's, so values differ by round-off: with adam_epsilon 1 an update is ~lr * gradient (no
+  amplification of ~0 gradients, see the test above) and 5 steps stay within 1e-5 (measured up
+  to 3e-7 in the weights and 2e-6 in the losses); a pool that stored or returned another image
+  than the traced one, or a step that read a stale pool, is off by O(1).
   Noise images, for the reason the test above gives. (Mirrored replicas on this machine's two
   logical CPUs cannot run compiled: XLA places them all on the first, with or without the pool;
-  multi_worker_test runs two compiled workers.)"""
+  multi_worker_test runs two workers with compiled networks.)"""
   config = tiny_config(tmp_path, pool_size=2, lr=0.01, adam_epsilon=1.0)
   rng = np.random.default_rng(0)
   noise = lambda: rng.uniform(-1, 1, (1, config.crop_size, config.crop_size, 3))
   batches = [{"a": noise().astype(np.float32), "b": noise().astype(np.float32)}
              for _ in range(5)]
 
-  def run(jit_compile):
-    losses, state = run_steps(config.replace(jit_compile=jit_compile), batches)
+  def run(**jit):
+    losses, state = run_steps(config.replace(**jit), batches)
     weights = {f"{k}/{w.path}": w.numpy() for k, m in state.models.items() for w in m.weights}
-    pools = [tf.train.Checkpoint(pool=pool).save(str(tmp_path / f"{jit_compile}{i}" / "c"))
+    name = "-".join(map(str, jit.values()))
+    pools = [tf.train.Checkpoint(pool=pool).save(str(tmp_path / f"{name}{i}" / "c"))
              for i, pool in enumerate((state.pool_a, state.pool_b))]
     readers = [tf.train.load_checkpoint(path) for path in pools]
     return losses, weights, [{k: r.get_tensor(k) for k in r.get_variable_to_shape_map()
                               if k.startswith("pool")} for r in readers]
 
-  traced, compiled = run(False), run(True)
-  for want, got in zip(traced[0], compiled[0]):
-    assert got == pytest.approx(want, rel=1e-5)
-  worst = max((np.abs(traced[1][k] - compiled[1][k]).max(), k) for k in traced[1])
-  assert worst[0] <= 1e-5, worst
-  for want, got in zip(traced[2], compiled[2]):
-    assert want["pool/.ATTRIBUTES/count"].tolist() == [2]
-    np.testing.assert_array_equal(got["pool/.ATTRIBUTES/shapes"], want["pool/.ATTRIBUTES/shapes"])
-    np.testing.assert_allclose(got["pool/.ATTRIBUTES/pixels"], want["pool/.ATTRIBUTES/pixels"],
-                               atol=1e-5)
+  traced = run(jit_compile=False)
+  for scope in ("networks", "step"):
+    compiled = run(jit_compile=True, jit_scope=scope)
+    for want, got in zip(traced[0], compiled[0]):
+      assert got == pytest.approx(want, rel=1e-5), scope
+    worst = max((np.abs(traced[1][k] - compiled[1][k]).max(), k) for k in traced[1])
+    assert worst[0] <= 1e-5, (scope, worst)
+    for want, got in zip(traced[2], compiled[2]):
+      assert want["pool/.ATTRIBUTES/count"].tolist() == [2]
+      np.testing.assert_array_equal(got["pool/.ATTRIBUTES/shapes"],
+                                    want["pool/.ATTRIBUTES/shapes"])
+      np.testing.assert_allclose(got["pool/.ATTRIBUTES/pixels"],
+                                 want["pool/.ATTRIBUTES/pixels"], atol=1e-5, err_msg=scope)
 
 
 # Our networks and losses by the reference's names (tools/torch_reference.py): G_A maps A->B and

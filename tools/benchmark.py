@@ -49,6 +49,8 @@ flags.DEFINE_enum("graph_optimizer", "auto", ["auto", "on", "off"],
                   "on, as cyclegan.translate runs the SavedModels under TensorFlow's defaults).")
 flags.DEFINE_string("strategy", "default", "tf.distribute strategy (see cyclegan.train --help).")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the step.")
+flags.DEFINE_enum("jit_scope", "networks", ["networks", "step"],
+                  "What --jit_compile compiles (cyclegan.train --jit_scope).")
 flags.DEFINE_integer("steps", 5, "Timed steps after the warm-up step.")
 flags.DEFINE_integer("ngf", 64, "Generator width.")
 flags.DEFINE_integer("n_blocks", 9, "Generator residual blocks.")
@@ -86,7 +88,7 @@ def _config():
   return config_lib.make_config({**config_lib.MODEL_DEFAULTS.get(FLAGS.model, {}), **dict(
       model=FLAGS.model, crop_size=FLAGS.size, load_size=max(286, FLAGS.size),
       batch_size=FLAGS.batch_size, precision=FLAGS.precision, strategy=FLAGS.strategy,
-      jit_compile=FLAGS.jit_compile, ngf=FLAGS.ngf, n_blocks=FLAGS.n_blocks, ndf=FLAGS.ndf,
+      jit_compile=FLAGS.jit_compile, jit_scope=FLAGS.jit_scope, ngf=FLAGS.ngf, n_blocks=FLAGS.n_blocks, ndf=FLAGS.ndf,
       dataset=FLAGS.dataset, graph_optimizer=FLAGS.graph_optimizer,
       pool_size=FLAGS.pool_size if FLAGS.model == "cycle_gan" else 0,
       steps_per_call=FLAGS.steps_per_call, synthetic_size=max(72, FLAGS.size))})
@@ -197,6 +199,7 @@ def main(argv):
       "what": FLAGS.what, "model": FLAGS.model, "size": FLAGS.size, "batch_size": batch_size,
       "precision": config.precision, "requested_precision": FLAGS.precision,
       "graph_optimizer": FLAGS.graph_optimizer, "ndf": FLAGS.ndf, "strategy": FLAGS.strategy, "jit_compile": FLAGS.jit_compile,
+      "jit_scope": FLAGS.jit_scope if FLAGS.jit_compile else None,
       "ngf": FLAGS.ngf, "n_blocks": FLAGS.n_blocks, "device": "gpu" if tf.config.list_physical_devices("GPU") else "cpu",
       "median_s": round(median, 4), "images_per_s": round((1 if FLAGS.what == "folder" else batch_size) / median, 3),
       "min_s": round(min(times), 4), "max_s": round(max(times), 4), "steps": len(times),

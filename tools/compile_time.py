@@ -1,12 +1,13 @@
-"""How long XLA takes to compile the train step, whole and by network.
+"""How long XLA takes to compile the train step, by network and by `--jit_scope`.
 
-  python tools/compile_time.py --size 256 --precision fp32
+  CYCLEGAN_HOME=$(mktemp -d) python tools/compile_time.py --size 256 --precision fp32
 
-Compiles (`jit_compile=True`) each network's forward and backward pass on its own, then the
-whole CycleGAN step (pool included), and prints one JSON line: for each, the first call's
-seconds, a second call's, and their difference (what compiling cost). Set TF_XLA_FLAGS=
---tf_xla_persistent_cache_directory=... (cyclegan's import does, to $CYCLEGAN_HOME/xla_cache)
-to an empty folder to measure compiling rather than loading.
+Prints one JSON line. For each network's forward and backward compiled alone, and for the
+CycleGAN step (pool included) traced, compiled by networks and compiled whole: the first
+call's seconds, a second call's, and their difference (what tracing and compiling cost).
+Each step's first call traces it too: the traced step's difference is that tracing alone.
+Compiled programs go to $CYCLEGAN_HOME/xla_cache (cyclegan's import sets TF_XLA_FLAGS): an
+empty one measures compiling; run the command again to measure loading them instead.
 """
 
 import json
@@ -23,6 +24,7 @@ from absl import app, flags  # noqa: E402
 from cyclegan import config as config_lib  # noqa: E402
 from cyclegan import runtime  # noqa: E402
 from cyclegan import train_lib  # noqa: E402
+from cyclegan import xla  # noqa: E402
 
 flags.DEFINE_integer("size", 256, "Square image side.")
 flags.DEFINE_enum("precision", "fp32", ["fp32", "bf16"], "Compute precision.")
@@ -43,6 +45,7 @@ def _first_and_second(fn, *args):
 
 def _network(model, image):
   @tf.function(jit_compile=True, autograph=False)
+  @xla.plain_convolutions
   def forward_backward(x):
     with tf.GradientTape() as tape:
       loss = tf.reduce_mean(tf.cast(model(x, training=True), tf.float32))
@@ -66,10 +69,13 @@ def main(argv):
   for name in ("generator_a2b", "discriminator_a"):
     result[name] = _network(state.models[name], image)
   strategy = tf.distribute.get_strategy()
-  step = train_lib.make_train_step(config, state, strategy)
   batch = next(iter(strategy.experimental_distribute_dataset(
       tf.data.Dataset.from_tensors({"a": image, "b": image}))))
-  result["whole_step"] = _first_and_second(step, batch)
+  for name, jit in (("traced_step", {"jit_compile": False}),
+                    ("step_by_networks", {"jit_scope": "networks"}),
+                    ("whole_step", {"jit_scope": "step"})):
+    step = train_lib.make_train_step(config.replace(**jit), state, strategy)
+    result[name] = _first_and_second(step, batch)
   print(json.dumps(result))
 
 

@@ -6,6 +6,7 @@
   python tools/speed_table.py --sizes              # translate 512 and its folder row only
   python tools/speed_table.py --rounds 3           # each cell the median of 3 rounds
   python tools/speed_table.py --fp32               # as on a CPU without bf16
+  python tools/speed_table.py --xla networks step  # train rows also with --jit_compile, by scope
 
 On a machine with a GPU, both run on the first GPU (PyTorch with --device cuda), and ours runs
 several steps per call as cyclegan.train does there.
@@ -30,6 +31,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 FOLDER_WARMUP = 4  # as tools/benchmark.py's: images left out of the steady time
@@ -38,10 +40,11 @@ sys.path.insert(0, os.path.join(TOOLS, ".."))
 from cyclegan import runtime  # noqa: E402
 
 
-def _measure(script, args):
-  """The JSON line a benchmark script prints."""
+def _measure(script, args, home=None):
+  """The JSON line a benchmark script prints; home: its $CYCLEGAN_HOME."""
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **({"CYCLEGAN_HOME": home} if home else {})}
   done = subprocess.run([sys.executable, os.path.join(TOOLS, script), *args], text=True,
-                        capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                        capture_output=True, env=env)
   lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
   if done.returncode or not lines:
     sys.exit(f"error: {script} {' '.join(args)} failed:\n{done.stderr[-2000:]}")
@@ -101,6 +104,9 @@ def main():
   parser.add_argument("--rounds", type=int, default=1,
                       help="Rounds of every measurement, ours and PyTorch's interleaved; each "
                            "cell is the median over rounds (this machine's speed drifts).")
+  parser.add_argument("--xla", nargs="*", default=[], choices=["networks", "step"],
+                      help="Train rows also run ours with --jit_compile at each --jit_scope "
+                           "named (columns 'ours xla SCOPE'); the last column takes our fastest.")
   parser.add_argument("--fp32", action="store_true",
                       help="Ours in fp32 and PyTorch without bf16 autocast: what a CPU without "
                            "bf16 (where `auto` picks fp32) runs, measured on this one.")
@@ -124,10 +130,13 @@ def main():
     cpu = f"{gpu} (host: {cpu})"
   table = []
   names = [name for name, _ in variants]
+  ours_variants = [("ours", [])] + [(f"ours xla {scope}", ["--jit_compile", "--jit_scope", scope])
+                                    for scope in args.xla]
+  ours_names = [name for name, _ in ours_variants]
   bare = {}  # PyTorch's translate runs, which the folder row compares with
   for what, size, model in rows:
     common = ["--what", what, "--size", str(size), "--steps", str(args.steps), "--model", model]
-    runs = {name: [] for name in ["ours", *names]}
+    runs = {name: [] for name in [*ours_names, *names]}
     for round_index in range(args.rounds):
       if what == "folder":
         runs["ours"].append(_measure("benchmark.py", [
@@ -136,16 +145,20 @@ def main():
         for name in names:
           runs[name].append(bare[name][round_index])
       else:
-        runs["ours"].append(_measure("benchmark.py", common + ours_precision))
+        for name, extra in ours_variants if what == "train" else ours_variants[:1]:
+          with tempfile.TemporaryDirectory() as home:  # XLA's first step compiles, not loads
+            runs[name].append(_measure("benchmark.py", common + ours_precision + extra, home))
         for name, extra in variants:
           runs[name].append(_measure("torch_reference.py", common + extra))
-      for name, results in runs.items() if what != "folder" else [("ours", runs["ours"])]:
-        print(json.dumps({"cpu": cpu, "variant": name, "round": round_index, **results[-1]}),
-              flush=True)
-    ours = _median_over_rounds(runs["ours"])
+      for name, results in runs.items():
+        if results and (what != "folder" or name == "ours"):
+          print(json.dumps({"cpu": cpu, "variant": name, "round": round_index, **results[-1]}),
+                flush=True)
+    ours = {name: _median_over_rounds(runs[name]) for name in ours_names if runs[name]}
     theirs = {name: _median_over_rounds(runs[name]) for name in names}
     best = min(theirs, key=lambda name: theirs[name]["median_s"])
-    by_round = [min(runs[name][i]["median_s"] for name in names) / runs["ours"][i]["median_s"]
+    by_round = [min(runs[name][i]["median_s"] for name in names) /
+                min(runs[name][i]["median_s"] for name in ours)
                 for i in range(args.rounds)]
     table.append((what, _label(what, size, model), ours, theirs, best, by_round))
     if what == "translate":
@@ -153,19 +166,23 @@ def main():
 
   rounds = f", median over {args.rounds} rounds" if args.rounds > 1 else ""
   print(f"\n{cpu}, batch 1, median of {args.steps} steps after the first{rounds} (seconds)\n")
-  print("| | ours | " + " | ".join(names) + " | ours vs PyTorch's best |")
-  print("|---" * (len(names) + 3) + "|")
+  print("| | " + " | ".join(ours_names + names) + " | ours vs PyTorch's best |")
+  print("|---" * (len(ours_names) + len(names) + 2) + "|")
   for what, label, ours, theirs, best, _ in table:
-    cells = [f"{ours['median_s']:.3f} ({ours['precision']})"]
+    cells = [f"{ours[name]['median_s']:.3f} ({ours[name]['precision']})" if name in ours
+             else "—" for name in ours_names]
     cells += [f"{theirs[name]['median_s']:.3f}" for name in names]
-    speedup = theirs[best]["median_s"] / ours["median_s"]
-    print(f"| {label} | " + " | ".join(cells) + f" | {speedup:.2f}x ({best}) |")
+    fastest = min(ours, key=lambda name: ours[name]["median_s"])
+    speedup = theirs[best]["median_s"] / ours[fastest]["median_s"]
+    which = f"{fastest} vs {best}" if len(ours_names) > 1 else best
+    print(f"| {label} | " + " | ".join(cells) + f" | {speedup:.2f}x ({which}) |")
   for label, key in (("first step", "first_step_s"),
                      ("first step over a steady step", "first_step_over_steady_s"),
                      ("peak RSS (GB)", "peak_rss_gb")) + (
                          (("peak GPU memory (GB)", "peak_gpu_gb"),) if gpu else ()):
     for what, row, ours, theirs, *_ in table:
-      cells = [f"{ours[key]}"] + [  # PyTorch's folder cells are its bare calls': not repeated.
+      cells = [f"{ours[name][key]}" if name in ours else "—" for name in ours_names] + [
+          # PyTorch's folder cells are its bare calls': not repeated.
           "—" if what == "folder" else f"{theirs[name][key]}" for name in names]
       print(f"| {label}, {row.split(' (ours')[0]} | " + " | ".join(cells) + " | |")
   if any(what == "folder" for what, *_ in table):
