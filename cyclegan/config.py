@@ -105,12 +105,13 @@ class Config:
       "gain, on GPUs with bf16 (compute capability 8+; smaller steps run fp32 as TF32 there) and "
       "on CPUs with AVX512_BF16/AMX; fp16 with loss scaling on older GPUs (7.x); fp32 elsewhere.",
       ("auto", "fp32", "bf16", "fp16"))
-  jit_compile: bool = _field(False, "Compile the train step with XLA (slower on CPU: measured); "
-                             "with the image pool it needs a --preprocess with a crop.")
+  jit_compile: bool = _field(False, "Compile the train step with XLA, as --jit_scope says (off: "
+                             "slower on CPU, docs/performance.md).")
   jit_scope: str = _field(
       "networks", "What --jit_compile compiles: networks, each network's forward and backward "
-      "once (fast to compile; the losses, pool and updates run as a graph); step, the whole "
-      "step as one program (slow to compile, the most fusion). TPUs compile the whole step.",
+      "once per image size (fast to compile; the losses, pool and updates run as a graph); "
+      "step, the whole step as one program (slow to compile, the most fusion). TPUs compile "
+      "the whole step.",
       ("networks", "step"))
   graph_optimizer: str = _field(
       "auto", "TensorFlow's graph optimizer (Grappler). auto: off on CPU-only machines (it adds "
@@ -221,10 +222,10 @@ def _validate(c):
     raise ConfigError(f"crop_size {c.crop_size} is larger than load_size {c.load_size}")
   if c.epochs + c.epochs_decay <= 0:
     raise ConfigError("epochs + epochs_decay must be positive")
-  if c.jit_compile and c.pool_size and "crop" not in c.preprocess:
-    raise ConfigError(f"--jit_compile compiles the step with XLA, which needs the image pool's "
+  if c.jit_compile and c.jit_scope == "step" and c.pool_size and "crop" not in c.preprocess:
+    raise ConfigError(f"--jit_scope step compiles the image pool with XLA, which needs its "
                       f"images of one size; --preprocess {c.preprocess} gives images of many "
-                      "sizes: use a mode with a crop, or --pool_size 0")
+                      "sizes: use a mode with a crop, --jit_scope networks or --pool_size 0")
   if c.model != "cycle_gan" and (c.init_a2b or c.init_b2a):
     raise ConfigError(f"--init_a2b/--init_b2a start CycleGAN generators; --model {c.model} "
                       "cannot start from a .pth yet")

@@ -3,7 +3,7 @@
 Discriminators see a mix of current and past fakes (Shrivastava et al. 2017). The pool lives in
 variables so that it runs inside the traced train step and is saved in checkpoints. Where the
 crops have one size (`image_shape`), the images sit in one variable of fixed shape, which XLA
-compiles (`--jit_compile`); otherwise they are stored flattened, back to back, each with its own
+compiles (`--jit_compile --jit_scope step`); otherwise they are stored flattened, back to back, each with its own
 shape, so the pool works for every preprocessing mode, also when image sizes vary (as the
 reference's list of tensors does). Both keep the same checkpoint format.
 

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import sys
-import tempfile
+import threading
 
 # Printed while `import tensorflow` runs, before TF's C++ logging reads TF_CPP_MIN_LOG_LEVEL.
 _IMPORT_NOTICES = re.compile(rb"absl::InitializeLog\(\)|\] oneDNN custom operations are on")
@@ -53,21 +53,29 @@ def tf_logs_wanted(verbosity):
 
 @contextlib.contextmanager
 def _dropped_from_stderr(notices):
-  """Drops the lines matching `notices` from fd 2 (C++ writes there); every other line is kept."""
+  """Drops the lines matching `notices` from fd 2 (C++ writes there); every other line goes on
+  as it comes, so a long block (an XLA compile) shows its output, and a crash's reason, live."""
   sys.stderr.flush()
   saved = os.dup(2)
-  with tempfile.TemporaryFile() as captured:
-    os.dup2(captured.fileno(), 2)
-    try:
-      yield
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      captured.seek(0)
-      kept = b"".join(line for line in captured if not notices.search(line))
-      if kept:
-        os.write(2, kept)
+  read_end, write_end = os.pipe()
+  os.dup2(write_end, 2)
+  os.close(write_end)
+
+  def forward():
+    with os.fdopen(read_end, "rb") as lines:
+      for line in lines:
+        if not notices.search(line):
+          os.write(saved, line)
+
+  forwarder = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+  forwarder.start()
+  try:
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)  # Closes the pipe's last write end: the forwarder reads to its end.
+    forwarder.join()
+    os.close(saved)
 
 
 def before_tensorflow():
@@ -80,20 +88,20 @@ def before_tensorflow():
       import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
 
 
-def litert_notices_hidden():
-  """A block in which LiteRT's INFO line is dropped where TF's own INFO is hidden (a command
-  not asked for it, or TF_CPP_MIN_LOG_LEVEL 1 and up)."""
+def _hidden_with_tf_info(notices):
+  """A block in which `notices` are dropped where TF's own INFO is hidden (a command not asked
+  for it, or TF_CPP_MIN_LOG_LEVEL 1 and up)."""
   if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") == "0":
     return contextlib.nullcontext()
-  return _dropped_from_stderr(_LITERT_NOTICES)
+  return _dropped_from_stderr(notices)
+
+
+def litert_notices_hidden():
+  return _hidden_with_tf_info(_LITERT_NOTICES)
 
 
 def xla_cache_notices_hidden():
-  """A block in which the notices of loading XLA's cached programs are dropped where TF's own
-  INFO is hidden (as litert_notices_hidden)."""
-  if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") == "0":
-    return contextlib.nullcontext()
-  return _dropped_from_stderr(_XLA_CACHE_NOTICES)
+  return _hidden_with_tf_info(_XLA_CACHE_NOTICES)
 
 
 class _NotTensorFlowInfo(logging.Filter):

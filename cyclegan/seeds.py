@@ -1,5 +1,5 @@
-"""The train step's randomness, drawn alike whether XLA compiles the step (--jit_compile) or
-TensorFlow runs it: the same pool choices, patches and flips either way.
+"""The train step's randomness, drawn alike whether XLA compiles the step (--jit_compile
+--jit_scope step) or TensorFlow runs it: the same pool choices, patches and flips either way.
 
 Measured on TF 2.21: XLA's stateless random kernels draw what TensorFlow's do only for seeds
 whose words lie in [0, 2^31), and only integers (their floats differ). So every seed is folded

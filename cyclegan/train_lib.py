@@ -242,7 +242,8 @@ def _distributed_step(config, state, strategy):
       config, replica_step if config.model == "cycle_gan" else cut_replica_step)
 
   def train_step(batch):
-    per_replica = strategy.run(replica_fn, args=(batch, state.step.read_value()))
+    with xla.tracing(config):
+      per_replica = strategy.run(replica_fn, args=(batch, state.step.read_value()))
     state.step.assign_add(1)
     return {k: tf.cast(strategy.reduce("SUM", v, axis=None), tf.float32)
             for k, v in per_replica.items()}
@@ -384,10 +385,16 @@ def train(config, strategy=None):
         f"batch_size {config.batch_size} is not a multiple of the {strategy.num_replicas_in_sync} "
         f"replicas; use --batch_size {strategy.num_replicas_in_sync}")
   if (xla.compiles_step(config) and strategy.num_replicas_in_sync > 1
-      and config.strategy != "tpu" and not tf.config.list_logical_devices("GPU")):
+      and config.strategy != "tpu"
+      and not any("GPU" in device for device in strategy.extended.worker_devices)):
     raise config_lib.ConfigError(
         "--jit_scope step with several replicas needs GPUs or TPUs: XLA compiles no collectives "
         "for CPUs; use --jit_scope networks or one replica (--strategy default)")
+  if config.jit_compile:
+    logging.info("XLA compiles %s (--jit_scope %s)", "each network" if xla.compiles_networks(
+        config) else "the whole step", config.jit_scope)
+  elif config.jit_scope != "networks":
+    logging.warning("--jit_scope %s does nothing without --jit_compile", config.jit_scope)
   chief = runtime.is_chief(strategy)
   domains = input_pipeline.load_domains(config, input_pipeline.SPLITS)
   if not input_pipeline.fixed_size(config) and config.batch_size > 1:
@@ -458,8 +465,9 @@ def _loop(config, state, train_steps, iterator, manager, summaries, monitor, sta
     while step < last_step:
       steps = (steps_for_call(config, step, last_step, step_s, monitor.every)
                if first_step_s else 1)
-      # The first call compiles or loads what --jit_compile compiles.
-      with quiet.xla_cache_notices_hidden() if first_step_s is None else contextlib.nullcontext():
+      # The first call compiles what --jit_compile compiles, or loads it from XLA's cache.
+      with (quiet.xla_cache_notices_hidden() if config.jit_compile and first_step_s is None
+            else contextlib.nullcontext()):
         values, done = train_steps(iterator, tf.constant(steps))
         values = {k: float(v) for k, v in values.items()}
       step += int(done)

@@ -58,8 +58,11 @@ def test_cpu_kernels_is_a_runtime_choice_a_resume_may_change(tmp_path):
     config_lib.make_config({"cpu_kernels": "on"})
 
 
-def test_jit_compile_takes_the_pool_where_crops_have_one_size():
-  config_lib.make_config({"jit_compile": True})  # resize_and_crop, pool 50
+def test_the_whole_step_compiled_takes_the_pool_where_crops_have_one_size():
+  step = {"jit_compile": True, "jit_scope": "step"}
+  config_lib.make_config(step)  # resize_and_crop, pool 50
   with pytest.raises(config_lib.ConfigError, match="--preprocess none gives images of many"):
-    config_lib.make_config({"jit_compile": True, "preprocess": "none"})
-  config_lib.make_config({"jit_compile": True, "preprocess": "none", "pool_size": 0})
+    config_lib.make_config({**step, "preprocess": "none"})
+  config_lib.make_config({**step, "preprocess": "none", "pool_size": 0})
+  # Compiled by networks, the pool runs as a graph (each new image size compiles them anew).
+  config_lib.make_config({"jit_compile": True, "preprocess": "none"})

@@ -18,6 +18,7 @@ from PIL import Image
 
 from cyclegan import export
 from cyclegan import input_pipeline
+from cyclegan import kernels
 from cyclegan import train_lib
 from cyclegan.config import ConfigError
 from conftest import REPO, load_tool, run_steps, tiny_config
@@ -193,11 +194,13 @@ def test_lr_follows_the_schedule_across_a_restart(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-  real = train_lib.generator_losses
+  real, real_create_state, states = train_lib.generator_losses, train_lib.create_state, []
+  monkeypatch.setattr(train_lib, "create_state",
+                      lambda *args: states.append(real_create_state(*args)) or states[-1])
 
-  def diverging(config, state, real_a, real_b):  # cycle_a becomes inf from step 3 on.
-    terms, fake_a, fake_b = real(config, state, real_a, real_b)
-    blowup = tf.where(state.step >= 2, np.inf, 1.0)
+  def diverging(config, networks, real_a, real_b):  # cycle_a becomes inf from step 3 on.
+    terms, fake_a, fake_b = real(config, networks, real_a, real_b)
+    blowup = tf.where(states[-1].step >= 2, np.inf, 1.0)
     terms["cycle_a"] = terms["cycle_a"] * blowup
     return terms, fake_a, fake_b
 
@@ -263,13 +266,16 @@ def test_two_replicas_of_batch_1_take_the_same_step_as_one_device_with_batch_2(t
   where that value is within round-off of zero a whole region sits on a ReLU's kink. A replica
   normalises its one image with another kernel than one device does two (the norm's batch-of-1
   form), so such a region can switch sides: 1.9e-3 on one kernel, which says nothing either.
+
+  With each network compiled by XLA (--jit_compile, --jit_scope networks) the two replicas
+  take that step too: the programs run per replica, the all-reduce is TensorFlow's.
   """
   config = tiny_config(tmp_path, pool_size=0, batch_size=2, lr=1.0, adam_epsilon=1.0)
   rng = np.random.default_rng(0)
   noise = lambda: rng.uniform(-1, 1, (2, config.crop_size, config.crop_size, 3)).astype(np.float32)
   batches = [{"a": noise(), "b": noise()}]
 
-  def run(strategy):
+  def run(strategy, config=config):
     with strategy.scope():
       state = train_lib.create_state(config, 8)
     step = train_lib.make_train_step(config, state, strategy)
@@ -282,11 +288,52 @@ def test_two_replicas_of_batch_1_take_the_same_step_as_one_device_with_batch_2(t
     return losses, weights
 
   single_losses, single = run(tf.distribute.OneDeviceStrategy("/cpu:0"))
-  mirrored_losses, mirrored = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
-  for want, got in zip(single_losses, mirrored_losses):
-    assert got == pytest.approx(want, rel=1e-5)
-  worst = max((np.abs(single[k] - mirrored[k]).max(), k) for k in single)
-  assert worst[0] <= 1e-5, worst
+  for jit in (False, True):
+    mirrored_losses, mirrored = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+                                    config.replace(jit_compile=jit))
+    for want, got in zip(single_losses, mirrored_losses):
+      assert got == pytest.approx(want, rel=1e-5), jit
+    worst = max((np.abs(single[k] - mirrored[k]).max(), k) for k in single)
+    assert worst[0] <= 1e-5, (jit, worst)
+
+
+def _where_the_step_convolves(config):
+  """(calls of XLA-compiled functions, convolutions outside them) in the traced step's graph,
+  function bodies included."""
+  state = train_lib.create_state(config, 8)
+  step = train_lib.make_train_step(config, state, tf.distribute.get_strategy())
+  spec = tf.TensorSpec((1, config.crop_size, config.crop_size, 3))
+  graph = step.get_concrete_function({"a": spec, "b": spec}).graph.as_graph_def()
+  library = {f.signature.name: f for f in graph.library.function}
+
+  def count(nodes):
+    calls = convolutions = 0
+    for node in nodes:
+      name = node.attr["f"].func.name if "PartitionedCall" in node.op else node.op
+      if name in library and library[name].attr["_XlaMustCompile"].b:
+        calls += 1
+      elif name in library:
+        inner = count(library[name].node_def)
+        calls, convolutions = calls + inner[0], convolutions + inner[1]
+      else:
+        convolutions += node.op.startswith("Conv2D")
+    return calls, convolutions
+
+  return count(graph.node)
+
+
+@pytest.mark.parametrize("model", ["cycle_gan", "fastcut"])
+def test_jit_scope_says_what_xla_compiles(tmp_path, model):
+  """Traced, every convolution runs as a TensorFlow op; by networks each network's forward and
+  backward are XLA programs and no convolution is left outside them; the step, one program.
+  (CycleGAN's step calls 24 programs by networks: 12 network calls, each forward and back.)"""
+  config = tiny_config(tmp_path, model=model, n_blocks=5)
+  calls, convolutions = _where_the_step_convolves(config)
+  assert calls == 0 and convolutions > 20
+  calls, convolutions = _where_the_step_convolves(config.replace(jit_compile=True))
+  assert calls >= 8 and convolutions == 0
+  assert _where_the_step_convolves(config.replace(jit_compile=True, jit_scope="step")) == (1, 0)
+  assert kernels.enabled()  # Plain convolutions for XLA's tracing only.
 
 
 def test_the_whole_step_compiled_takes_several_replicas_only_on_gpus_or_tpus(tmp_path):
@@ -303,12 +350,12 @@ def test_the_compiled_steps_with_the_pool_equal_the_traced_one(tmp_path):
   from the same weights and batches, take the same choices in the pool (filled by step 2,
   swapping after) and the same steps. XLA's CPU convolutions sum in another order than
   oneDNN's, so values differ by round-off: with adam_epsilon 1 an update is ~lr * gradient (no
-  amplification of ~0 gradients, see the test above) and 5 steps stay within 1e-5 (measured up
-  to 3e-7 in the weights and 2e-6 in the losses); a pool that stored or returned another image
-  than the traced one, or a step that read a stale pool, is off by O(1).
-  Noise images, for the reason the test above gives. (Mirrored replicas on this machine's two
-  logical CPUs cannot run compiled: XLA places them all on the first, with or without the pool;
-  multi_worker_test runs two workers with compiled networks.)"""
+  amplification of ~0 gradients, see the test above) and 5 steps stay within 1e-5 (measured:
+  losses within 2.9e-7 by networks and 7.4e-7 whole, weights within 1.5e-8); a pool that
+  stored or returned another image than the traced one, or a step that read a stale pool, is
+  off by O(1). Noise images, for the reason the test above gives. (Mirrored replicas on this
+  machine's two logical CPUs cannot run the whole step compiled: XLA compiles no collectives
+  for CPUs. By networks they can: the test above, and multi_worker_test's two workers.)"""
   config = tiny_config(tmp_path, pool_size=2, lr=0.01, adam_epsilon=1.0)
   rng = np.random.default_rng(0)
   noise = lambda: rng.uniform(-1, 1, (1, config.crop_size, config.crop_size, 3))

@@ -48,7 +48,7 @@ flags.DEFINE_enum("graph_optimizer", "auto", ["auto", "on", "off"],
                   "Grappler (auto: as cyclegan.train picks it for this machine; for translate, "
                   "on, as cyclegan.translate runs the SavedModels under TensorFlow's defaults).")
 flags.DEFINE_string("strategy", "default", "tf.distribute strategy (see cyclegan.train --help).")
-flags.DEFINE_bool("jit_compile", False, "XLA-compile the step.")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the step as --jit_scope says.")
 flags.DEFINE_enum("jit_scope", "networks", ["networks", "step"],
                   "What --jit_compile compiles (cyclegan.train --jit_scope).")
 flags.DEFINE_integer("steps", 5, "Timed steps after the warm-up step.")
@@ -88,7 +88,8 @@ def _config():
   return config_lib.make_config({**config_lib.MODEL_DEFAULTS.get(FLAGS.model, {}), **dict(
       model=FLAGS.model, crop_size=FLAGS.size, load_size=max(286, FLAGS.size),
       batch_size=FLAGS.batch_size, precision=FLAGS.precision, strategy=FLAGS.strategy,
-      jit_compile=FLAGS.jit_compile, jit_scope=FLAGS.jit_scope, ngf=FLAGS.ngf, n_blocks=FLAGS.n_blocks, ndf=FLAGS.ndf,
+      jit_compile=FLAGS.jit_compile, jit_scope=FLAGS.jit_scope, ngf=FLAGS.ngf,
+      n_blocks=FLAGS.n_blocks, ndf=FLAGS.ndf,
       dataset=FLAGS.dataset, graph_optimizer=FLAGS.graph_optimizer,
       pool_size=FLAGS.pool_size if FLAGS.model == "cycle_gan" else 0,
       steps_per_call=FLAGS.steps_per_call, synthetic_size=max(72, FLAGS.size))})

@@ -41,8 +41,11 @@ from cyclegan import runtime  # noqa: E402
 
 
 def _measure(script, args, home=None):
-  """The JSON line a benchmark script prints; home: its $CYCLEGAN_HOME."""
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **({"CYCLEGAN_HOME": home} if home else {})}
+  """The JSON line a benchmark script prints; home: its $CYCLEGAN_HOME (and XLA's cache)."""
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  if home:
+    env["CYCLEGAN_HOME"] = home
+    env.pop("TF_XLA_FLAGS", None)  # else a cache it names would be read
   done = subprocess.run([sys.executable, os.path.join(TOOLS, script), *args], text=True,
                         capture_output=True, env=env)
   lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -131,7 +134,7 @@ def main():
   table = []
   names = [name for name, _ in variants]
   ours_variants = [("ours", [])] + [(f"ours xla {scope}", ["--jit_compile", "--jit_scope", scope])
-                                    for scope in args.xla]
+                                    for scope in dict.fromkeys(args.xla)]
   ours_names = [name for name, _ in ours_variants]
   bare = {}  # PyTorch's translate runs, which the folder row compares with
   for what, size, model in rows:
