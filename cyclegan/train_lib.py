@@ -293,12 +293,17 @@ def make_train_loop(config, state, strategy):
 
 
 def make_train_calls(config, state, strategy):
-  """(iterator, steps) -> (losses of the last step run, steps run): make_train_loop where
-  several steps per call pay (runtime.multi_step_calls), else one step per call."""
+  """(calls, trace): calls(iterator, steps) -> (losses of the last step run, steps run), by
+  make_train_loop where several steps per call pay (runtime.multi_step_calls), else one step
+  per call; trace(iterator) traces what calls runs on such an iterator, running no step (it
+  may take a batch: an element_spec can lose the batch size that the pool needs)."""
   if runtime.multi_step_calls(config):
-    return make_train_loop(config, state, strategy)
+    loop = make_train_loop(config, state, strategy)
+    return loop, lambda iterator: loop.get_concrete_function(
+        iterator, tf.TensorSpec([], tf.int32))
   train_step = make_train_step(config, state, strategy)
-  return lambda iterator, steps: (train_step(next(iterator)), 1)
+  return (lambda iterator, steps: (train_step(next(iterator)), 1),
+          lambda iterator: train_step.get_concrete_function(next(iterator)))
 
 
 def total_steps(config, steps_per_epoch):
@@ -405,6 +410,15 @@ def train(config, strategy=None):
 
   with strategy.scope():
     state = create_state(config, per_epoch)
+  train_steps, trace = make_train_calls(config, state, strategy)
+  if config.jit_compile:
+    # Traced before the restore, which takes names (TensorFlow's uids) that the step's
+    # functions would otherwise get: XLA's cache keys hold those names, and a resumed run
+    # would compile anew what the first run compiled. On an iterator of the same structure.
+    start_s = time.perf_counter()
+    trace(iter(strategy.distribute_datasets_from_function(
+        lambda ctx: input_pipeline.train_dataset(config, domains, 0, ctx))))
+    logging.info("traced the step: %.1f s", time.perf_counter() - start_s)
   checkpoint = state.checkpoint()
   os.makedirs(workdir, exist_ok=True)
   checkpoint_dir = _checkpoint_dir(workdir, chief)
@@ -424,7 +438,6 @@ def train(config, strategy=None):
   start = int(state.step.numpy())
   dataset = strategy.distribute_datasets_from_function(
       lambda ctx: input_pipeline.train_dataset(config, domains, start, ctx))
-  train_steps = make_train_calls(config, state, strategy)
   summaries = _Summaries(config, state, domains,
                          workdir_lib.tensorboard_dir(workdir) if chief else None)
   monitor = monitor_lib.Monitor(config, state, domains, workdir, chief, start, last_step,
@@ -478,7 +491,8 @@ def _loop(config, state, train_steps, iterator, manager, summaries, monitor, sta
             f"(step {_checkpoint_step(manager)}) is kept; try a lower --lr or --precision fp32")
       if first_step_s is None:
         first_step_s = time.perf_counter() - timer_start
-        logging.info("first step (tracing and graph optimisation): %.1f s", first_step_s)
+        logging.info("first step (%s): %.1f s", "XLA's compiling or loading" if config.jit_compile
+                     else "tracing and graph optimisation", first_step_s)
         timer_start = time.perf_counter()
       else:
         timer_steps += int(done)

@@ -71,19 +71,22 @@ def test_kill_9_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path):
 
 
 def test_a_compiled_run_keeps_its_xla_executables_for_the_next(tmp_path):
-  """--jit_compile: the first run writes its compiled programs to $CYCLEGAN_HOME/xla_cache and
-  the same command again loads them (what it saves: docs/performance.md), writing nothing new
-  and printing none of TensorFlow's notices of loading them."""
+  """--jit_compile: the first run writes its compiled programs to $CYCLEGAN_HOME/xla_cache;
+  resuming it, and the same command in another workdir, load them (what it saves:
+  docs/performance.md), writing nothing new and printing none of TensorFlow's notices of
+  loading them. (Before the step was traced ahead of the restore, a resumed run compiled all
+  its programs anew: restoring took the names they would have had.)"""
   env = {**os.environ, "CYCLEGAN_HOME": str(tmp_path / "home"), "TF_CPP_MIN_LOG_LEVEL": "2"}
   env.pop("TF_XLA_FLAGS", None)
-  flags = tiny_flags(max_steps=1, jit_compile=True, export=False, eval_every=0)
   cache = tmp_path / "home" / "xla_cache"
   entries = []
-  for run in range(2):
+  for workdir, max_steps in (("w0", 1), ("w0", 2), ("w1", 1)):
+    flags = tiny_flags(max_steps=max_steps, jit_compile=True, export=False, eval_every=0)
     done = subprocess.run([sys.executable, "-m", "cyclegan.train", *flags, "--workdir",
-                           str(tmp_path / f"w{run}")], cwd=REPO, env=env, capture_output=True,
+                           str(tmp_path / workdir)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "XlaSerializedCacheEntry" not in done.stderr, done.stderr[-2000:]
+    assert ("resumed from" in done.stderr) == (max_steps == 2)
     entries.append({p.name: p.stat().st_mtime_ns for p in cache.iterdir()})
-  assert entries[0] and entries[1] == entries[0]
+  assert entries[0] and entries[1] == entries[0] and entries[2] == entries[0]
