@@ -3,9 +3,9 @@
 Discriminators see a mix of current and past fakes (Shrivastava et al. 2017). The pool lives in
 variables so that it runs inside the traced train step and is saved in checkpoints. Where the
 crops have one size (`image_shape`), the images sit in one variable of fixed shape, which XLA
-compiles (`--jit_compile --jit_scope step`); otherwise they are stored flattened, back to back, each with its own
-shape, so the pool works for every preprocessing mode, also when image sizes vary (as the
-reference's list of tensors does). Both keep the same checkpoint format.
+compiles (`--jit_compile --jit_scope step`); otherwise they are stored flattened, back to back,
+each with its own shape, so the pool works for every preprocessing mode, also when image sizes
+vary (as the reference's list of tensors does). Both keep the same checkpoint format.
 
 Each replica keeps its own pool (sync-on-read variables), as in the reference's one process
 per GPU, and a checkpoint holds every replica's pool, not only the first one's: checkpoints
@@ -106,7 +106,7 @@ class ImagePool(tf.Module):
 
   def _replica_values(self):
     """Each replica's (flat pixels, shapes, count): the checkpoint's format, either layout."""
-    local = lambda v: self._strategy.experimental_local_results(v)
+    local = self._strategy.experimental_local_results
     if not self.image_shape:
       return [(p.read_value(), s.read_value(), c.read_value()) for p, s, c in
               zip(local(self._pixels), local(self._shapes), local(self.count))]
@@ -127,7 +127,7 @@ class ImagePool(tf.Module):
   def _restore_from_tensors(self, restored_tensors):
     """Replica i gets saved pool i (i modulo the saved count when the replica count changed)."""
     saved = tf.split(restored_tensors["pixels"], restored_tensors["lengths"])
-    local = lambda v: self._strategy.experimental_local_results(v)
+    local = self._strategy.experimental_local_results
     ops = []
     for i, count in enumerate(local(self.count)):
       j = i % len(saved)

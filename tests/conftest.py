@@ -48,11 +48,13 @@ def tiny_config(tmp_path, **overrides):
   return config_lib.make_config(values)
 
 
-def run_steps(config, batches):
-  """Train steps of `config` on one device, one per batch ({"a", "b"} arrays), from the
-  config's seed: (each step's losses, the state after them)."""
-  strategy = tf.distribute.get_strategy()
-  state = train_lib.create_state(config, 8)
+def run_steps(config, batches, strategy=None):
+  """Train steps of `config` (on one device, or under `strategy`, which splits each global
+  batch across its replicas), one per batch ({"a", "b"} arrays), from the config's seed:
+  (each step's losses, the state after them)."""
+  strategy = strategy or tf.distribute.get_strategy()
+  with strategy.scope():
+    state = train_lib.create_state(config, 8)
   step = train_lib.make_train_step(config, state, strategy)
   losses = []
   for batch in batches:
@@ -77,6 +79,11 @@ def headless_chromium(tmp_path):
               f"--user-data-dir={tmp_path / 'profile'}"):
     options.add_argument(arg)
   return webdriver.Chrome(options=options, service=webdriver.ChromeService(driver))
+
+
+def model_weights(state):
+  """Every network weight of a train state, by network and path."""
+  return {f"{k}/{w.path}": w.numpy() for k, m in state.models.items() for w in m.weights}
 
 
 def tiny_flags(**overrides):

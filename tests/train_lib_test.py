@@ -21,7 +21,7 @@ from cyclegan import input_pipeline
 from cyclegan import kernels
 from cyclegan import train_lib
 from cyclegan.config import ConfigError
-from conftest import REPO, load_tool, run_steps, tiny_config
+from conftest import REPO, load_tool, model_weights, run_steps, tiny_config
 
 
 def _weights(workdir):
@@ -275,17 +275,9 @@ def test_two_replicas_of_batch_1_take_the_same_step_as_one_device_with_batch_2(t
   noise = lambda: rng.uniform(-1, 1, (2, config.crop_size, config.crop_size, 3)).astype(np.float32)
   batches = [{"a": noise(), "b": noise()}]
 
-  def run(strategy, config=config):
-    with strategy.scope():
-      state = train_lib.create_state(config, 8)
-    step = train_lib.make_train_step(config, state, strategy)
-    losses = []
-    for batch in batches:  # The global batch of 2: split across replicas by the strategy.
-      dataset = tf.data.Dataset.from_tensors(batch)
-      values = step(next(iter(strategy.experimental_distribute_dataset(dataset))))
-      losses.append({k: float(v) for k, v in values.items()})
-    weights = {f"{k}/{w.path}": w.numpy() for k, m in state.models.items() for w in m.weights}
-    return losses, weights
+  def run(strategy, config=config):  # The global batch of 2: split across replicas.
+    losses, state = run_steps(config, batches, strategy)
+    return losses, model_weights(state)
 
   single_losses, single = run(tf.distribute.OneDeviceStrategy("/cpu:0"))
   for jit in (False, True):
@@ -364,7 +356,7 @@ def test_the_compiled_steps_with_the_pool_equal_the_traced_one(tmp_path):
 
   def run(**jit):
     losses, state = run_steps(config.replace(**jit), batches)
-    weights = {f"{k}/{w.path}": w.numpy() for k, m in state.models.items() for w in m.weights}
+    weights = model_weights(state)
     name = "-".join(map(str, jit.values()))
     pools = [tf.train.Checkpoint(pool=pool).save(str(tmp_path / f"{name}{i}" / "c"))
              for i, pool in enumerate((state.pool_a, state.pool_b))]
